@@ -1,0 +1,1 @@
+"""kvs: named, lockable key-value stores over dogpile.cache."""

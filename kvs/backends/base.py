@@ -1,0 +1,358 @@
+"""The lease contract every ``kvs.*`` backend keeps.
+
+A kvs backend is a dogpile.cache :class:`~dogpile.cache.api.BytesBackend`
+(the region hands it bytes produced by the store's serializer) that also
+answers five lease calls on an already-mangled key.  Each call is atomic in the
+backend: one transaction, one Lua script, one critical section:
+
+=====================  =======================================================
+``acquire_lease``      take the lease if free, or if it already holds this
+                       token (a retry after a lost reply); return the new
+                       fence number, or ``None`` if another holder has it
+``release_lease``      delete the lease only if it still holds this token
+``extend_lease``       add time to the lease only if it still holds this token
+``fenced_set``         write only if the key's lease holds this token
+``fenced_delete``      delete only if the key's lease holds this token
+=====================  =======================================================
+
+The store never calls the fenced methods directly for ordinary writes: it
+calls ``region.set``/``region.delete`` so that configured proxies see every
+write, and passes the lease token and the per-call TTL down through
+:func:`write_options` (a context variable).  The backend's
+``set_serialized``/``delete`` look at :func:`current_write_options` and turn
+into ``fenced_set``/``fenced_delete`` when a token is present, recording the
+:class:`Fenced` outcome for the store to read back.
+
+Lease keys are derived by the backend from the mangled data key, so a key and
+its lease always live together (in one SQLite row space, one Redis hash slot,
+one memcached server).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import contextvars
+import dataclasses
+import enum
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from dogpile.cache.api import NO_VALUE, BytesBackend, NoValue
+
+from kvs import exception
+
+
+class Fenced(enum.Enum):
+    """Outcome of a fenced write or delete."""
+
+    WRITTEN = "written"
+    #: ``fenced_delete`` only: the lease is ours but the key does not exist.
+    MISSING = "missing"
+    #: The lease is held by another token, or has expired: nothing was written.
+    LEASE_LOST = "lease_lost"
+
+
+@dataclasses.dataclass
+class WriteOptions:
+    """Per-call write parameters, passed from the store to the backend."""
+
+    #: Seconds until the written value expires; ``None`` keeps it forever.
+    ttl: float | None = None
+    #: Lease token: when set, the write must be fenced by this token.
+    token: str | None = None
+    #: Set by the backend after a fenced write or delete.
+    outcome: Fenced | None = None
+    #: Set by the backend after a plain delete: whether the key existed.
+    existed: bool | None = None
+
+
+_write_options: contextvars.ContextVar[WriteOptions | None] = contextvars.ContextVar(
+    "kvs_write_options", default=None
+)
+
+
+@contextlib.contextmanager
+def write_options(ttl: float | None = None, token: str | None = None) -> Iterator[WriteOptions]:
+    """Make ``ttl``/``token`` visible to the backend for the writes in this block."""
+    options = WriteOptions(ttl=ttl, token=token)
+    reset = _write_options.set(options)
+    try:
+        yield options
+    finally:
+        _write_options.reset(reset)
+
+
+def current_write_options() -> WriteOptions:
+    """The options of the enclosing :func:`write_options` block, or defaults."""
+    return _write_options.get() or WriteOptions()
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseInfo:
+    """What an operator sees about a lease (``kvs lock``/``kvs unlock``)."""
+
+    token: str | None
+    fence: int
+    #: Seconds left before the lease expires; ``None`` when it never expires.
+    remaining: float | None
+
+
+class ArgumentSpec:
+    """Parses and validates one backend argument (from Python or from ini text)."""
+
+    def __init__(self, kind: str, default: Any = None, secret: bool = False,
+                 minimum: float | None = None, choices: Sequence[str] | None = None) -> None:
+        if kind not in ("str", "int", "float", "bool", "list"):
+            raise ValueError(f"unknown argument kind {kind!r}")
+        self.kind = kind
+        self.default = default
+        self.secret = secret
+        self.minimum = minimum
+        self.choices = choices
+
+    def parse(self, name: str, value: Any) -> Any:
+        """Return ``value`` converted to this argument's type, or raise."""
+        if value is None:
+            return None
+        try:
+            parsed = _PARSERS[self.kind](value)
+        except (TypeError, ValueError):
+            shown = "<secret>" if self.secret else repr(value)
+            raise exception.ConfigurationError(
+                f"backend argument {name!r} must be a {self.kind}, got {shown}",
+                option=name) from None
+        if self.minimum is not None and parsed < self.minimum:
+            raise exception.ConfigurationError(
+                f"backend argument {name!r} must be >= {self.minimum}", option=name)
+        if self.choices is not None and parsed not in self.choices:
+            raise exception.ConfigurationError(
+                f"backend argument {name!r} must be one of {', '.join(self.choices)}",
+                option=name)
+        return parsed
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(value)
+
+
+def _parse_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(item) for item in value]
+    raise TypeError(value)
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    return float(value)
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise TypeError(value)
+    return str(value)
+
+
+_PARSERS = {
+    "str": _parse_str,
+    "int": _parse_int,
+    "float": _parse_float,
+    "bool": _parse_bool,
+    "list": _parse_list,
+}
+
+
+class LeaseBackend(BytesBackend, abc.ABC):
+    """Base class of every ``kvs.*`` backend.
+
+    Subclasses declare their constructor arguments in :attr:`arguments`; the
+    constructor parses them (so ini text such as ``"yes"`` or ``"a, b"`` becomes
+    a bool or a list) and rejects unknown names with a
+    :class:`~kvs.exception.ConfigurationError` that lists the valid ones.
+    """
+
+    #: Backend arguments: name -> spec.  Subclasses extend this dict.
+    arguments: ClassVar[dict[str, ArgumentSpec]] = {
+        "max_value_size": ArgumentSpec("int", default=None, minimum=1),
+    }
+
+    #: Largest serialized value (bytes) the backend itself can hold.
+    backend_value_limit: ClassVar[int | None] = None
+
+    # The store installs its own codec on the region after configuring it;
+    # None here keeps dogpile from adopting BytesBackend's pickle default.
+    serializer = None
+    deserializer = None
+
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        self.options = self.parse_arguments(arguments)
+        limit = self.options.get("max_value_size")
+        if limit is None:
+            limit = self.backend_value_limit
+        self.max_value_size: int | None = limit
+
+    @classmethod
+    def parse_arguments(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(arguments) - set(cls.arguments)
+        if unknown:
+            raise exception.ConfigurationError(
+                f"unknown argument {exception.names(unknown)} for backend "
+                f"{cls.backend_name()}; valid arguments: {exception.names(cls.arguments)}",
+                option=sorted(unknown)[0])
+        parsed = {name: spec.default for name, spec in cls.arguments.items()}
+        for name, value in arguments.items():
+            parsed[name] = cls.arguments[name].parse(name, value)
+        return parsed
+
+    @classmethod
+    def backend_name(cls) -> str:
+        return getattr(cls, "name", cls.__name__)
+
+    def check_size(self, key: str, value: bytes) -> None:
+        """Raise :class:`~kvs.exception.ValueTooLarge` before writing an oversized value."""
+        if self.max_value_size is not None and len(value) > self.max_value_size:
+            raise exception.ValueTooLarge(
+                f"value for key {key!r} is {len(value)} bytes, above the limit of "
+                f"{self.max_value_size} bytes", key=key, size=len(value))
+
+    # -- the lease contract -------------------------------------------------
+
+    @abc.abstractmethod
+    def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
+        """Take the lease on ``key`` for ``ttl`` seconds (``None``: no expiry).
+
+        Returns the new fence number if the lease was free, expired, or already
+        held by ``token``; ``None`` if another token holds it.
+        """
+
+    @abc.abstractmethod
+    def release_lease(self, key: str, token: str) -> bool:
+        """Delete the lease only if ``token`` holds it; say whether it did."""
+
+    @abc.abstractmethod
+    def extend_lease(self, key: str, token: str, ttl: float) -> bool:
+        """Add ``ttl`` seconds to the lease only if ``token`` holds it."""
+
+    @abc.abstractmethod
+    def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        """Write ``value`` only if ``token`` holds the lease on ``key``."""
+
+    @abc.abstractmethod
+    def fenced_delete(self, key: str, token: str) -> Fenced:
+        """Delete ``key`` only if ``token`` holds its lease."""
+
+    @abc.abstractmethod
+    def lease_info(self, key: str) -> LeaseInfo | None:
+        """The current lease on ``key``, or ``None`` if nobody holds one."""
+
+    @abc.abstractmethod
+    def break_lease(self, key: str) -> bool:
+        """Operator override: delete the lease whoever holds it."""
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        """Block until the lease on ``key`` may be free, for at most ``timeout``.
+
+        The default polls; backends with a wake-up channel override it.
+        Spurious early returns are fine: the caller simply retries.
+        """
+        time.sleep(max(0.0, min(timeout, 0.01)))
+
+    # Optional combined round trips, used by ``KeyValueStore.update`` when no
+    # proxy is configured.  The defaults compose the single calls.
+
+    def acquire_lease_and_get(
+        self, key: str, token: str, ttl: float | None
+    ) -> tuple[int | None, bytes | NoValue]:
+        """``acquire_lease`` then, if it succeeded, ``get_serialized``."""
+        fence = self.acquire_lease(key, token, ttl)
+        if fence is None:
+            return None, NO_VALUE
+        return fence, self.get_serialized(key)
+
+    def fenced_set_and_release(self, key: str, value: bytes, token: str,
+                               ttl: float | None) -> Fenced:
+        """``fenced_set`` then ``release_lease``."""
+        outcome = self.fenced_set(key, value, token, ttl)
+        if outcome is Fenced.WRITTEN:
+            self.release_lease(key, token)
+        return outcome
+
+    # -- dogpile's write entry points, routed through write_options ---------
+
+    def set_serialized(self, key: str, value: bytes) -> None:  # type: ignore[override]
+        options = current_write_options()
+        self.check_size(key, value)
+        if options.token is not None:
+            options.outcome = self.fenced_set(key, value, options.token, options.ttl)
+        else:
+            self.plain_set(key, value, options.ttl)
+
+    def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:  # type: ignore[override]
+        for key, value in mapping.items():
+            self.check_size(key, value)
+        self.plain_set_multi(mapping, current_write_options().ttl)
+
+    def delete(self, key: str) -> None:  # type: ignore[override]
+        options = current_write_options()
+        if options.token is not None:
+            options.outcome = self.fenced_delete(key, options.token)
+        else:
+            options.existed = self.plain_delete(key)
+
+    @abc.abstractmethod
+    def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        """Write without a lease check."""
+
+    @abc.abstractmethod
+    def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        """Write many values atomically where the backend allows."""
+
+    @abc.abstractmethod
+    def plain_delete(self, key: str) -> bool:
+        """Delete without a lease check; say whether the key existed."""
+
+    @abc.abstractmethod
+    def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
+        """The stored bytes, or ``NO_VALUE`` if missing or expired."""
+
+    @abc.abstractmethod
+    def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
+        """Stored bytes in key order, ``NO_VALUE`` for each missing key."""
+
+    @abc.abstractmethod
+    def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
+        """Delete every key that exists; missing keys are ignored."""
+
+    def ping(self) -> None:
+        """Raise :class:`~kvs.exception.BackendUnavailable` if the backend is unreachable."""
+        self.get_serialized("kvs:ping")
+
+    # dogpile's object-level API is unused: the region always serializes for
+    # kvs backends.  Fail loudly rather than store something unreadable.
+    def get(self, key: str) -> Any:  # type: ignore[override]
+        raise NotImplementedError("kvs backends only store serialized values")
+
+    def set(self, key: str, value: Any) -> None:  # type: ignore[override]
+        raise NotImplementedError("kvs backends only store serialized values")

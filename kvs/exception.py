@@ -1,0 +1,101 @@
+"""Every error kvs raises on purpose.
+
+Each class derives from :class:`KVSError` and also from the builtin that fits,
+so callers who only know the builtins (``KeyError``, ``ValueError``,
+``TypeError``) still catch the right thing.
+
+A message names the key, store, option or host involved.  It never contains a
+password or any other secret: exceptions built from configuration only ever
+carry option *names* and host names, never option values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+class KVSError(Exception):
+    """Base class of every error raised on purpose by kvs."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        #: What the error is about: ``key``, ``store``, ``option``, ``host``...
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(KVSError, KeyError):
+    """A key (or several, for ``get_multi``) does not exist or has expired."""
+
+    def __init__(self, keys: str | Sequence[str], store: str | None = None) -> None:
+        self.keys: list[str] = [keys] if isinstance(keys, str) else list(keys)
+        where = f" in store {store!r}" if store else ""
+        if len(self.keys) == 1:
+            message = f"key {self.keys[0]!r} not found{where}"
+        else:
+            message = f"keys {self.keys!r} not found{where}"
+        super().__init__(message, keys=self.keys, store=store)
+
+    @property
+    def key(self) -> str:
+        return self.keys[0]
+
+
+class InvalidKey(KVSError, TypeError):
+    """A key is not a ``str``.  Raised before any backend call."""
+
+
+class LockTimeout(KVSError):
+    """A lease expired, was taken over, or could not be taken in time."""
+
+
+class LockAcquireTimeout(LockTimeout):
+    """``acquire()`` waited ``lock_wait_timeout`` seconds without getting the lease."""
+
+
+class LeaseLost(LockTimeout):
+    """The backend refused a fenced write: the lease is no longer ours.
+
+    Unlike a plain :class:`LockTimeout` raised by the client-side clock check,
+    this one comes from the backend's atomic ownership check.
+    """
+
+
+class ConfigurationError(KVSError, ValueError):
+    """A configuration value, option or ``configure()`` argument is wrong."""
+
+
+class AlreadyConfigured(KVSError, RuntimeError):
+    """``configure()`` was called on a store that is already configured."""
+
+
+class NotConfigured(KVSError, RuntimeError):
+    """A data call was made on a store that is not configured yet."""
+
+
+class BackendUnavailable(KVSError, ConnectionError):
+    """The backend (a server, or the SQLite file) cannot be reached or used.
+
+    The message names the host or file, never a password.
+    """
+
+
+class SerializationError(KVSError, TypeError):
+    """A value cannot be serialized.  Raised before anything is written."""
+
+
+class CorruptValue(KVSError, ValueError):
+    """Bytes stored under a key cannot be decoded by this store's serializer."""
+
+
+class ValueTooLarge(KVSError, ValueError):
+    """A serialized value is larger than the store or backend accepts."""
+
+
+def names(items: Iterable[str]) -> str:
+    """Join names for a message: ``a, b, c``."""
+    return ", ".join(sorted(items))

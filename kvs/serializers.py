@@ -1,0 +1,135 @@
+"""Value codecs.
+
+A store serializes every value before it reaches a backend, with one of:
+
+``msgpack`` (the default)
+    None, bool, int (64-bit), float, str, bytes, list and dict round-trip with
+    their exact types; tuples come back as lists.  Safe: decoding never runs code.
+``json``
+    Like msgpack but without bytes (a bytes value raises
+    :class:`~kvs.exception.SerializationError`) and with unbounded ints; dict
+    keys must be str.  Readable with any JSON tool.
+``pickle``
+    Any picklable object.  **Only by explicit choice**: unpickling runs code,
+    so anyone who can write to the backend can run code in your process.
+
+The bytes a backend stores use dogpile.cache's wire format,
+``<json metadata>|<payload>``, so a region configured by hand can read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from kvs import exception
+
+#: dogpile.cache's ``region.value_version``: the metadata version we write.
+DOGPILE_VALUE_VERSION = 2
+
+
+class Serializer:
+    """One named codec: ``dumps(value) -> bytes`` and ``loads(bytes) -> value``."""
+
+    name = "abstract"
+
+    def dumps(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def loads(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+
+class MsgpackSerializer(Serializer):
+    name = "msgpack"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return msgpack.packb(value, use_bin_type=True, strict_types=False)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise exception.SerializationError(
+                f"cannot serialize a {type(value).__name__} with msgpack: {exc}") from None
+
+    def loads(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class JSONSerializer(Serializer):
+    name = "json"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=True,
+                              default=self._refuse).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise exception.SerializationError(
+                f"cannot serialize a {type(value).__name__} with json: {exc}") from None
+
+    @staticmethod
+    def _refuse(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class PickleSerializer(Serializer):
+    name = "pickle"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (TypeError, AttributeError, pickle.PicklingError, RecursionError) as exc:
+            raise exception.SerializationError(
+                f"cannot serialize a {type(value).__name__} with pickle: {exc}") from None
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # noqa: S301 - chosen explicitly by the operator
+
+
+SERIALIZERS: dict[str, Callable[[], Serializer]] = {
+    "msgpack": MsgpackSerializer,
+    "json": JSONSerializer,
+    "pickle": PickleSerializer,
+}
+
+DEFAULT_SERIALIZER = "msgpack"
+
+
+def get_serializer(name: str) -> Serializer:
+    """Return the codec called ``name`` or raise ConfigurationError."""
+    try:
+        return SERIALIZERS[name]()
+    except KeyError:
+        raise exception.ConfigurationError(
+            f"unknown serializer {name!r}; known: {exception.names(SERIALIZERS)}",
+            option="serializer") from None
+
+
+def pack(serializer: Serializer, value: Any) -> bytes:
+    """Encode ``value`` in dogpile's wire format (``metadata|payload``)."""
+    payload = serializer.dumps(value)
+    header = b'{"ct":%r,"v":%d}' % (time.time(), DOGPILE_VALUE_VERSION)
+    return header + b"|" + payload
+
+
+def unpack(serializer: Serializer, data: bytes) -> Any:
+    """Decode dogpile's wire format; raises CorruptValue on foreign bytes."""
+    header, sep, payload = data.partition(b"|")
+    try:
+        if not sep:
+            raise ValueError("no metadata separator")
+        metadata = json.loads(header)
+        if not isinstance(metadata, dict) or not math.isfinite(float(metadata["ct"])):
+            raise ValueError("bad metadata")
+        return serializer.loads(payload)
+    except Exception as exc:  # any decoder failure means foreign or damaged bytes
+        raise exception.CorruptValue(
+            f"stored bytes cannot be decoded with {serializer.name}: "
+            f"{type(exc).__name__}") from None
