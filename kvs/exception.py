@@ -96,6 +96,31 @@ class ValueTooLarge(KVSError, ValueError):
     """A serialized value is larger than the store or backend accepts."""
 
 
+class Locked(KVSError, PermissionError):
+    """A declared store or endpoint is locked out and the right lockout key was not given.
+
+    Lockout keys are dripline-style ownership tokens (see ``kvs.provider``),
+    separate from the per-key write leases.  The message never shows a key.
+    """
+
+
+#: The name the provider brief uses for :class:`Locked`.
+LockedOut = Locked
+
+
+class CalibrationError(KVSError, ValueError):
+    """An endpoint's calibration could not be applied to a raw value.
+
+    ``value_raw`` carries the raw value that was read, so a caller still has it.
+    """
+
+    def __init__(self, message: str, value_raw: Any = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.value_raw = value_raw
+        #: The partial result: what a get returns when calibration fails.
+        self.result = {"value_raw": value_raw}
+
+
 def names(items: Iterable[str]) -> str:
     """Join names for a message: ``a, b, c``."""
     return ", ".join(sorted(items))
