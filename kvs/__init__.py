@@ -1,1 +1,29 @@
-"""kvs: named, lockable key-value stores over dogpile.cache."""
+"""kvs: named, lockable key-value stores over dogpile.cache.
+
+Quick start::
+
+    import kvs
+
+    store = kvs.get_key_value_store("prices")
+    store.configure("kvs.sqlite", filename="prices.sqlite3")
+    store.set("peaches", 0.75)
+    with store.get_lock("peaches") as lock:
+        store.set("peaches", store.get("peaches") * 2, lock=lock)
+    store.update("visits", lambda n: n + 1, default=0)
+"""
+
+from kvs import exception
+from kvs.core import KeyValueStore, get_key_value_store
+from kvs.loader import configure_stores, load_config
+from kvs.lock import KeyValueStoreLock
+
+__all__ = [
+    "KeyValueStore",
+    "KeyValueStoreLock",
+    "configure_stores",
+    "exception",
+    "get_key_value_store",
+    "load_config",
+]
+
+__version__ = "0.1.0"

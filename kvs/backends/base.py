@@ -117,7 +117,7 @@ class ArgumentSpec:
         if value is None:
             return None
         try:
-            parsed = _PARSERS[self.kind](value)
+            parsed: Any = _PARSERS[self.kind](value)
         except (TypeError, ValueError):
             shown = "<secret>" if self.secret else repr(value)
             raise exception.ConfigurationError(

@@ -1,0 +1,80 @@
+"""oslo.config options of kvs.
+
+``[kvs]`` holds process-wide defaults; each ``[store:NAME]`` section configures
+one store.  Store sections are found in the parsed files, so their options are
+registered per section when the config is loaded (see :mod:`kvs.loader`).
+
+``list_opts()`` feeds ``oslo-config-generator --namespace kvs``; the store
+options appear there under the placeholder section ``[store:NAME]``.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from kvs import serializers
+
+KVS_GROUP = "kvs"
+STORE_GROUP_PREFIX = "store:"
+
+kvs_opts = [
+    cfg.FloatOpt("default_lock_timeout", default=5.0, min=0,
+                 help="Seconds a lease lasts when a store does not set lock_timeout. "
+                      "0 means leases never expire (a crashed holder then blocks the key "
+                      "until an operator breaks the lease)."),
+    cfg.BoolOpt("enable_key_mangler", default=True,
+                help="Hash every key with SHA-1 (after the store's key prefix) unless a "
+                     "store or its backend supplies its own mangler."),
+    cfg.StrOpt("config_prefix", default="kvs",
+               help="Prefix of the dogpile.cache region names kvs creates "
+                    "(<config_prefix>.<store>); it shows in dogpile's logs."),
+    cfg.ListOpt("backends", default=[],
+                help="Extra dogpile.cache backend classes to register, each "
+                     "'name=package.module:Class' or 'package.module.Class' (registered "
+                     "under its dotted path)."),
+]
+
+store_opts = [
+    cfg.StrOpt("backend", default="kvs.sqlite",
+               help="dogpile.cache backend name: kvs.memory, kvs.sqlite, kvs.redis, "
+                    "kvs.redis_sentinel, kvs.redis_cluster, kvs.memcached, or a stock "
+                    "dogpile.cache backend (not fenced)."),
+    cfg.MultiStrOpt("backend_argument", default=[], secret=True,
+                    help="A backend argument as 'name:value'; repeat for several. Values "
+                         "are parsed per backend ('yes'/'true' are booleans, 'a, b' lists)."),
+    cfg.FloatOpt("lock_timeout", min=0,
+                 help="Seconds a lease lasts (float). Default: [kvs] default_lock_timeout. "
+                      "0 means never expires."),
+    cfg.FloatOpt("lock_wait_timeout", min=0,
+                 help="Seconds acquire() waits for a lease. Default: lock_timeout."),
+    cfg.StrOpt("key_prefix",
+               help="Namespace of every key of this store. Default: the store name."),
+    cfg.StrOpt("serializer", default=serializers.DEFAULT_SERIALIZER,
+               choices=sorted(serializers.SERIALIZERS),
+               help="Value codec. pickle runs code on load: use it only on a backend "
+                    "nobody else can write to."),
+    cfg.FloatOpt("default_ttl", min=0,
+                 help="Seconds until a written value expires. Default: never."),
+    cfg.ListOpt("proxies", default=[],
+                help="dogpile.cache ProxyBackend classes as dotted paths; the first is "
+                     "outermost."),
+    cfg.BoolOpt("locking", default=True,
+                help="False turns leases into no-ops, as in Keystone."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register the ``[kvs]`` options on ``conf``."""
+    conf.register_opts(kvs_opts, group=KVS_GROUP)
+
+
+def register_store_opts(conf: cfg.ConfigOpts, store: str) -> str:
+    """Register the store options for ``[store:<store>]``; return the group name."""
+    group = STORE_GROUP_PREFIX + store
+    conf.register_opts(store_opts, group=group)
+    return group
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Options for oslo-config-generator (entry point ``oslo.config.opts: kvs``)."""
+    return [(KVS_GROUP, list(kvs_opts)), (STORE_GROUP_PREFIX + "NAME", list(store_opts))]

@@ -1,0 +1,244 @@
+"""KeyValueStoreLock: a per-key write lease with a token and a fence.
+
+A lease of ``lock_timeout`` T seconds is taken on the backend for ``T + w``
+seconds, while the holder itself considers it valid for only ``T - w``
+seconds, where the safety window ``w = min(1 s, T / 4)``.  This is Keystone's
+``LOCK_WINDOW`` idea made to work for sub-second timeouts: the backend's lease
+always outlives the holder's view of it, so a holder that still believes it
+owns the lease really does, even with a slow reply in between.  A holder whose
+view has run out gets :class:`~kvs.exception.LockTimeout` before writing; a
+holder whose lease was taken over anyway (forced break, paused process) is
+stopped by the backend's fenced write and gets
+:class:`~kvs.exception.LeaseLost`.
+
+All client-side time is ``time.monotonic()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
+
+from dogpile.cache.api import NO_VALUE, NoValue
+
+from kvs import exception
+from kvs.backends.base import LeaseBackend, LeaseInfo
+
+LOG = logging.getLogger(__name__)
+
+#: The largest safety window, as in Keystone's ``LOCK_WINDOW``.
+MAX_LOCK_WINDOW = 1.0
+
+
+def safety_window(lock_timeout: float) -> float:
+    """Seconds between the holder's expiry and the backend's (each side of T)."""
+    return min(MAX_LOCK_WINDOW, lock_timeout / 4.0)
+
+
+class Leases(Protocol):
+    """The lease half of the backend contract, as the lock uses it."""
+
+    def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None: ...
+    def release_lease(self, key: str, token: str) -> bool: ...
+    def extend_lease(self, key: str, token: str, ttl: float) -> bool: ...
+    def lease_info(self, key: str) -> LeaseInfo | None: ...
+    def wait_for_release(self, key: str, timeout: float) -> None: ...
+
+
+class KeyValueStoreLock:
+    """A write lease on one key of one store.  Not acquired until ``acquire()``.
+
+    Use it as a context manager, and pass it to ``store.set(..., lock=)`` or
+    ``store.delete(..., lock=)``.  Reads are never blocked.  Not re-entrant:
+    acquiring an active lock raises ``RuntimeError``.
+    """
+
+    def __init__(self, leases: Leases, key: str, lease_key: str, lock_timeout: float,
+                 lock_wait_timeout: float, enabled: bool = True, store: str | None = None
+                 ) -> None:
+        self._leases = leases
+        #: The user's key this lock guards.
+        self.key = key
+        #: The mangled backend key the lease belongs to.
+        self.lease_key = lease_key
+        #: Seconds the lease lasts; 0 means it never expires.
+        self.lock_timeout = lock_timeout
+        self.lock_wait_timeout = lock_wait_timeout
+        #: False when the store was configured with ``locking=False``.
+        self.enabled = enabled
+        self.store = store
+        #: Unique per acquisition; None before the first acquire.
+        self.token: str | None = None
+        #: Strictly increasing per key and store across acquisitions; None before.
+        self.fence: int | None = None
+        self.active = False
+        self._lost = False
+        self._valid_until: float | None = None
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def expired(self) -> bool:
+        """True once the holder's view of the lease has run out."""
+        if not self.active or self._valid_until is None:
+            return False
+        return time.monotonic() >= self._valid_until
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left in the holder's view; None when the lease never expires."""
+        if self._valid_until is None:
+            return None
+        return max(0.0, self._valid_until - time.monotonic())
+
+    def _backend_ttl(self) -> float | None:
+        if self.lock_timeout == 0:
+            return None
+        return self.lock_timeout + safety_window(self.lock_timeout)
+
+    def _start(self, fence: int, started: float) -> None:
+        self.fence = fence
+        self.active = True
+        self._lost = False
+        if self.lock_timeout == 0:
+            self._valid_until = None
+        else:
+            self._valid_until = started + self.lock_timeout - safety_window(self.lock_timeout)
+
+    # -- operations ---------------------------------------------------------
+
+    def acquire(self) -> KeyValueStoreLock:
+        """Take the lease, waiting up to ``lock_wait_timeout`` seconds.
+
+        Raises :class:`~kvs.exception.LockAcquireTimeout` when the wait runs out.
+        """
+        self._acquire(self._acquire_once)
+        return self
+
+    def acquire_and_get(self, backend: LeaseBackend) -> bytes | NoValue:
+        """``acquire()`` and read the key's stored bytes in one backend round trip.
+
+        Used by ``KeyValueStore.update`` when nothing (no proxy) needs to see
+        the read.
+        """
+        stored: bytes | NoValue = NO_VALUE
+
+        def attempt() -> int | None:
+            nonlocal stored
+            assert self.token is not None
+            fence, stored = backend.acquire_lease_and_get(
+                self.lease_key, self.token, self._backend_ttl())
+            return fence
+
+        self._acquire(attempt)
+        return stored
+
+    def _acquire(self, attempt: Callable[[], int | None]) -> None:
+        if self.active:
+            raise RuntimeError(f"lock on key {self.key!r} is already acquired (not re-entrant)")
+        self.token = uuid.uuid4().hex
+        if not self.enabled:
+            self._start(0, time.monotonic())
+            return
+        deadline = time.monotonic() + self.lock_wait_timeout
+        while True:
+            started = time.monotonic()
+            fence = attempt()
+            if fence is not None:
+                self._start(fence, started)
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise exception.LockAcquireTimeout(
+                    f"could not lock key {self.key!r} in store {self.store!r} within "
+                    f"{self.lock_wait_timeout} s", key=self.key, store=self.store)
+            self._leases.wait_for_release(self.lease_key, remaining)
+
+    def _acquire_once(self) -> int | None:
+        assert self.token is not None
+        try:
+            return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
+        except exception.BackendUnavailable:
+            # The reply may have been lost after the backend granted the lease.
+            # Retrying with the same token either confirms it (same fence) or
+            # finds it free or taken: never an ownerless lease.
+            return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
+
+    def release(self) -> None:
+        """Give the lease back.  Never releases a lease another holder now owns.
+
+        Releasing a lease whose time ran out logs a warning and returns.
+        """
+        if not self.active:
+            return
+        self.active = False
+        if not self.enabled or self._lost:
+            return
+        assert self.token is not None
+        late = self._valid_until is not None and time.monotonic() >= self._valid_until
+        released = self._leases.release_lease(self.lease_key, self.token)
+        if late:
+            LOG.warning("lock on key %r in store %r released after its timeout (%s s)",
+                        self.key, self.store, self.lock_timeout)
+        elif not released:
+            LOG.warning("lock on key %r in store %r was lost before release",
+                        self.key, self.store)
+
+    def extend(self, seconds: float) -> None:
+        """Add ``seconds`` to the lease, if it is still ours.
+
+        Raises :class:`~kvs.exception.LockTimeout` if the lease already ran out
+        or was taken over.
+        """
+        if seconds <= 0:
+            raise ValueError("extend() needs a positive number of seconds")
+        self.check(for_key=self.key)
+        if not self.enabled or self._valid_until is None:
+            return
+        assert self.token is not None
+        if not self._leases.extend_lease(self.lease_key, self.token, seconds):
+            self._mark_lost()
+            raise exception.LeaseLost(
+                f"lease on key {self.key!r} in store {self.store!r} was lost; cannot extend",
+                key=self.key, store=self.store)
+        self._valid_until += seconds
+
+    def check(self, for_key: str) -> None:
+        """Validate this lock for a write to ``for_key`` (Keystone's checks)."""
+        if for_key != self.key:
+            raise ValueError(f"lock is for key {self.key!r}, not {for_key!r}")
+        if not self.active:
+            raise ValueError(f"lock on key {self.key!r} is not active; acquire it first")
+        if self._lost:
+            raise exception.LeaseLost(
+                f"lease on key {self.key!r} in store {self.store!r} was lost",
+                key=self.key, store=self.store)
+        if self.expired:
+            raise exception.LockTimeout(
+                f"lock timeout occurred for key {self.key!r} in store {self.store!r}",
+                key=self.key, store=self.store)
+
+    def _mark_released(self) -> None:
+        """The backend already dropped the lease (a combined write+release)."""
+        self.active = False
+
+    def _mark_lost(self) -> None:
+        """The backend refused a fenced write: every later use raises LeaseLost."""
+        self._lost = True
+
+    # -- context manager ----------------------------------------------------
+
+    def __enter__(self) -> KeyValueStoreLock:
+        return self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"<KeyValueStoreLock key={self.key!r} {state} fence={self.fence}>"

@@ -1,0 +1,45 @@
+"""Key codecs: turn a user's key into the key a backend stores.
+
+The final backend key is always ``<key_prefix>:<mangled key>``.  The prefix
+stays readable (so two stores on one server never collide and an operator can
+tell them apart); the mangler runs on the user's key only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from kvs import exception
+
+KeyMangler = Callable[[str], str]
+
+
+def sha1_mangle_key(key: str) -> str:
+    """SHA-1 hex digest of the UTF-8 key: fixed length, safe on every backend."""
+    return hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a valid key, else raise InvalidKey (a TypeError).
+
+    Keys are ``str`` and must be valid Unicode (no lone surrogates), because
+    every backend stores them, or their hash, as UTF-8.
+    """
+    if not isinstance(key, str):
+        raise exception.InvalidKey(
+            f"keys must be str, not {type(key).__name__}", key=repr(key)[:80])
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise exception.InvalidKey(
+            f"key {key[:80]!r} is not valid Unicode text", key=key) from None
+    return key
+
+
+def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
+    """Build the region's mangler: ``prefix:`` + ``mangler(key)``."""
+    head = f"{prefix}:" if prefix else ""
+    if mangler is None:
+        return lambda key: head + key
+    return lambda key: head + mangler(key)

@@ -1,0 +1,47 @@
+"""Helpers for the tests of applications that use kvs (like oslo.cache's).
+
+``isolated_stores()`` gives a clean registry for the block and restores the
+previous one afterwards; ``memory_store()`` a configured in-memory store.  Both
+work as plain context managers and from pytest fixtures::
+
+    @pytest.fixture
+    def store():
+        with kvs.testing.memory_store("sessions") as store:
+            yield store
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from kvs import core
+
+
+def reset_registry() -> None:
+    """Forget every store of this process (tests only)."""
+    core._clear_registry()
+
+
+@contextlib.contextmanager
+def isolated_stores() -> Iterator[None]:
+    """Run the block with an empty registry; restore the previous one after."""
+    with core._REGISTRY_LOCK:
+        saved = dict(core._REGISTRY)
+        core._REGISTRY.clear()
+    try:
+        yield
+    finally:
+        with core._REGISTRY_LOCK:
+            core._REGISTRY.clear()
+            core._REGISTRY.update(saved)
+
+
+@contextlib.contextmanager
+def memory_store(name: str = "test", **configure_args: Any) -> Iterator[core.KeyValueStore]:
+    """A configured ``kvs.memory`` store in an isolated registry."""
+    with isolated_stores():
+        store = core.get_key_value_store(name)
+        store.configure("kvs.memory", **configure_args)
+        yield store
