@@ -1,0 +1,649 @@
+"""``kvs.redis``: fenced leases on one Redis server (standalone, TLS, ACL, unix socket).
+
+How it is built
+---------------
+Composition, not inheritance.  The backend is a
+:class:`~kvs.backends.base.LeaseBackend`; it asks dogpile.cache's own
+``dogpile.cache.redis`` backend (``RedisSentinelBackend`` for
+:mod:`kvs.backends.redis_sentinel`, ``RedisClusterBackend`` for
+:mod:`kvs.backends.redis_cluster`) to build the redis-py client from the
+connection arguments, and then keeps only that client.  Inheriting from
+dogpile's class as well would drag in its ``get_mutex``, its pickle
+serializer, its ``redis_expiration_time`` and its own ``set_serialized``,
+all of which the lease contract replaces; composition reuses exactly the part
+that fits (connection handling) and nothing else.
+
+Keys on the server
+------------------
+Every kvs key ``K`` (the store's mangled key) lives under one hash tag:
+
+=====================  =============================================
+``{T}``                the value (dogpile wire-format bytes, as-is)
+``{T}:lease``          the lease: the holder's token, with a PX TTL
+``{T}:fence``          the fence counter (increments on every grant)
+``{T}:signal``         a short-lived list that wakes waiters (BLPOP)
+=====================  =============================================
+
+``T`` is ``K`` with ``%``, ``{`` and ``}`` percent-escaped, so it never
+contains a brace: Redis Cluster hashes exactly ``T`` for all four keys (one
+slot, so every script stays atomic), and the mapping is injective, so no two
+kvs keys, and no value key and lease key, ever share a name.  The same layout
+is used by all three backends, so data moves between them with a plain copy.
+
+Leases are Lua scripts (class attributes below), run with EVALSHA and reloaded
+on ``NOSCRIPT`` by redis-py, so they survive ``SCRIPT FLUSH`` and restarts.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+
+from dogpile.cache.api import NO_VALUE, NoValue
+
+from kvs import exception
+from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_B = TypeVar("_B", bound="RedisBackend")
+
+
+def hash_tag(key: str) -> str:
+    """``{T}``: the brace-free, injective hash tag of a mangled key."""
+    tag = key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    # "{}" would make Redis hash the whole name; "%00" cannot come from escaping.
+    return "{" + (tag or "%00") + "}"
+
+
+def parse_node(option: str, text: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) to a tuple; ConfigurationError naming ``option``."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise exception.ConfigurationError(
+            f"backend argument {option!r} needs host:port entries, got {text.strip()!r}",
+            option=option)
+    return host, int(port)
+
+
+class ClientArgument(ArgumentSpec):
+    """The Python-only ``client`` argument: an already-built redis-py client.
+
+    Tests use it to run ``kvs.redis`` on ``fakeredis.FakeRedis`` (with Lua).
+    It cannot come from an ini file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("str", default=None)
+
+    def parse(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str) or not callable(getattr(value, "register_script", None)):
+            raise exception.ConfigurationError(
+                f"backend argument {name!r} must be a redis-py client object (Python only)",
+                option=name)
+        return value
+
+
+def translate_errors(
+    method: Callable[Concatenate[_B, _P], _R],
+) -> Callable[Concatenate[_B, _P], _R]:
+    """Turn every redis-py error raised by ``method`` into BackendUnavailable."""
+
+    @functools.wraps(method)
+    def wrapper(self: _B, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except exception.KVSError:
+            raise
+        except Exception as exc:
+            if not self._is_redis_error(exc):
+                raise
+            raise self._unavailable(method.__name__, exc) from exc
+
+    return wrapper
+
+
+#: Connection arguments shared by the three Redis backends.
+CONNECTION_ARGUMENTS: dict[str, ArgumentSpec] = {
+    "username": ArgumentSpec("str"),
+    "password": ArgumentSpec("str", secret=True),
+    "ssl": ArgumentSpec("bool"),
+    "ssl_ca_certs": ArgumentSpec("str"),
+    "ssl_certfile": ArgumentSpec("str"),
+    "ssl_keyfile": ArgumentSpec("str"),
+    "ssl_cert_reqs": ArgumentSpec("str", choices=("none", "optional", "required")),
+    "ssl_check_hostname": ArgumentSpec("bool"),
+    "socket_timeout": ArgumentSpec("float", default=1.0, minimum=0.001),
+    "socket_connect_timeout": ArgumentSpec("float", default=1.0, minimum=0.001),
+    "max_connections": ArgumentSpec("int", minimum=1),
+    "health_check_interval": ArgumentSpec("float", default=0.0, minimum=0),
+    "retries": ArgumentSpec("int", default=0, minimum=0),
+}
+
+#: WAIT after data writes (standalone and Sentinel; WAIT has no place in a cluster script).
+REPLICATION_ARGUMENTS: dict[str, ArgumentSpec] = {
+    "wait_replicas": ArgumentSpec("int", default=0, minimum=0),
+    "wait_timeout": ArgumentSpec("float", default=1.0, minimum=0.001),
+}
+
+_SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+              "ssl_check_hostname")
+
+
+def milliseconds(seconds: float) -> int:
+    """Seconds to whole milliseconds for PX/PEXPIRE, never 0 (0 would be an error)."""
+    return max(1, round(seconds * 1000))
+
+
+class RedisBackend(LeaseBackend):
+    """``kvs.redis``: one Redis server.  See ``doc/backends/redis.md`` for the arguments."""
+
+    name = "kvs.redis"
+    backend_value_limit = 512 * 1024 * 1024  # Redis's largest string
+
+    arguments: ClassVar[dict[str, ArgumentSpec]] = {
+        **LeaseBackend.arguments,
+        **CONNECTION_ARGUMENTS,
+        **REPLICATION_ARGUMENTS,
+        "url": ArgumentSpec("str"),
+        "host": ArgumentSpec("str"),
+        "port": ArgumentSpec("int", minimum=1),
+        "db": ArgumentSpec("int", minimum=0),
+        "client": ClientArgument(),
+    }
+
+    #: Lifetime of a wake-up signal nobody popped: long enough to cover the gap
+    #: between a waiter's failed acquire and its BLPOP, short enough to leave
+    #: no litter.
+    SIGNAL_TTL_MS = 1000
+
+    # -- Lua scripts (KEYS and ARGV are listed in each comment) -------------
+
+    # Shared by ACQUIRE and ACQUIRE_AND_GET.  KEYS: lease, fence.
+    # ARGV: token, ttl in ms (0: never expires).  The lease is taken when free,
+    # or re-taken when it already holds this token (the retry of a request
+    # whose reply was lost), so a lost reply never leaves an ownerless lease;
+    # a retry keeps its fence and gets a fresh TTL.  A new grant increments
+    # the fence counter, which never goes back.
+    _TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return false end
+local fence
+if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
+if not fence then fence = redis.call('INCR', KEYS[2]) end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+"""
+
+    #: Take the lease (see _TAKE_LEASE); reply: the fence, or nil when held by another.
+    ACQUIRE = _TAKE_LEASE + "return fence\n"
+
+    #: Take the lease and read the value in the same atomic step (update()'s
+    #: first round trip).  KEYS: lease, fence, data.  Reply: {fence, value or
+    #: nil}, or nil when held by another (nothing is read then).
+    ACQUIRE_AND_GET = _TAKE_LEASE + "return {fence, redis.call('GET', KEYS[3])}\n"
+
+    # Shared wake-up: push one element to the signal list unless one is
+    # already waiting there.  A blocked BLPOP is served the element at once
+    # (Redis serves the longest waiter: one hand-off per release, no herd).
+    _SIGNAL = """
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+"""
+
+    #: Compare-and-delete: drop the lease only if it holds this token, then
+    #: wake one waiter.  KEYS: lease, signal.  ARGV: token, signal ttl ms.
+    #: Reply: 1 released, 0 not ours (expired or taken over: left untouched).
+    RELEASE = (
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+        "redis.call('DEL', KEYS[1])\n" + _SIGNAL + "return 1\n")
+
+    #: Operator override: drop the lease whoever holds it, wake one waiter.
+    #: KEYS: lease, signal.  ARGV: (unused), signal ttl ms.  Reply: 1 or 0.
+    BREAK = ("if redis.call('DEL', KEYS[1]) == 0 then return 0 end\n"
+             + _SIGNAL + "return 1\n")
+
+    #: Compare-and-extend: add ms to the lease's remaining time only if it
+    #: holds this token (a lease without expiry stays without).  KEYS: lease.
+    #: ARGV: token, ms.  Reply: 1 extended, 0 not ours.
+    EXTEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then redis.call('PEXPIRE', KEYS[1], left + tonumber(ARGV[2])) end
+return 1
+"""
+
+    # Shared fenced write.  KEYS: lease, data.  ARGV: token, value, ttl ms (0: none).
+    _FENCED_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+"""
+
+    #: Fenced write: the value lands only if the lease still holds this token,
+    #: checked and written in one atomic step on the server (no client clock).
+    #: Reply: 1 written, 0 lease lost (nothing written).
+    FENCED_SET = _FENCED_WRITE + "return 1\n"
+
+    #: Fenced write, then release and wake one waiter, atomically (update()'s
+    #: second round trip).  KEYS: lease, data, signal.  ARGV: token, value,
+    #: ttl ms, signal ttl ms.  Reply: 1 written and released, 0 lease lost.
+    FENCED_SET_AND_RELEASE = (
+        _FENCED_WRITE
+        + "redis.call('DEL', KEYS[1])\n"
+        + _SIGNAL.replace("KEYS[2]", "KEYS[3]").replace("ARGV[2]", "ARGV[4]")
+        + "return 1\n")
+
+    #: Fenced delete: only if the lease holds this token.  KEYS: lease, data.
+    #: ARGV: token.  Reply: 1 deleted, 2 lease ours but no value, 0 lease lost.
+    FENCED_DELETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('DEL', KEYS[2]) == 1 then return 1 end
+return 2
+"""
+
+    #: Token, remaining ms (-1: no expiry) and fence, read atomically.
+    #: KEYS: lease, fence.  Reply: {token, pttl, fence}, or nil when free.
+    LEASE_INFO = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then return false end
+return {holder, redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2])) or 0}
+"""
+
+    #: Several values with one TTL, atomically (MSET cannot take a TTL).
+    #: KEYS: data keys.  ARGV: ttl ms, then one value per key.
+    SET_MULTI_PX = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'PX', ttl) end
+return #KEYS
+"""
+
+    _SCRIPTS = ("ACQUIRE", "ACQUIRE_AND_GET", "RELEASE", "BREAK", "EXTEND", "FENCED_SET",
+                "FENCED_SET_AND_RELEASE", "FENCED_DELETE", "LEASE_INFO", "SET_MULTI_PX")
+
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        super().__init__(arguments)
+        self._check_arguments()
+        self._connect_lock = threading.Lock()
+        self._writer: Any = None
+        self._reader: Any = None
+        self._scripts: dict[str, Any] = {}
+        self.endpoint = self._describe_endpoint()
+        self.wait_replicas: int = self.options.get("wait_replicas") or 0
+        # BLPOP must return before the socket read timeout fires.
+        timeout = self._socket_timeout()
+        self._blocking_cap = 1.0 if timeout is None else max(0.001, timeout / 2)
+        if self.options.get("client") is not None:
+            self._adopt(self.options["client"], self.options["client"])
+
+    # -- configuration ------------------------------------------------------
+
+    def _check_arguments(self) -> None:
+        options = self.options
+        url = options["url"]
+        if url is not None:
+            if options["host"] is not None or options["port"] is not None:
+                raise exception.ConfigurationError(
+                    "give either url or host/port to kvs.redis, not both", option="url")
+            scheme = urllib.parse.urlsplit(url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise exception.ConfigurationError(
+                    f"backend argument 'url' must start with redis://, rediss:// or unix://, "
+                    f"not {scheme}://", option="url")
+            if self._tls_wanted() and scheme != "rediss":
+                raise exception.ConfigurationError(
+                    "TLS arguments need a rediss:// url", option="url")
+        if options["client"] is not None:
+            given = [name for name in ("url", "host", "port") if options[name] is not None]
+            if given:
+                raise exception.ConfigurationError(
+                    f"backend argument 'client' excludes {', '.join(given)}", option="client")
+        self._check_ssl()
+
+    def _check_ssl(self) -> None:
+        options = self.options
+        files = [name for name in _SSL_FILES if options.get(name) is not None]
+        if options.get("ssl") is False and files:
+            raise exception.ConfigurationError(
+                f"backend arguments {', '.join(files)} need ssl, but ssl is false",
+                option=files[0])
+
+    def _tls_wanted(self) -> bool:
+        options = self.options
+        if options.get("ssl") is not None:
+            return bool(options["ssl"])
+        if options.get("url") and options["url"].startswith("rediss:"):
+            return True
+        return any(options.get(name) is not None for name in _SSL_FILES)
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        """redis-py connection keywords common to every backend of the family."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = self.options
+        kwargs: dict[str, Any] = {
+            "socket_timeout": options["socket_timeout"],
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "health_check_interval": options["health_check_interval"],
+            # redis-py's default is 10 retries with backoff: an unreachable
+            # server would take seconds to report.  kvs says it at once.
+            "retry": Retry(NoBackoff(), options["retries"]),
+        }
+        if options["max_connections"] is not None:
+            kwargs["max_connections"] = options["max_connections"]
+        if self._tls_wanted():
+            kwargs["ssl"] = True
+            for name in _SSL_FILES:
+                if options.get(name) is not None:
+                    kwargs[name] = options[name]
+            if options.get("ssl_cert_reqs") == "none" and options.get("ssl_check_hostname") is None:
+                kwargs["ssl_check_hostname"] = False
+        return kwargs
+
+    def _describe_endpoint(self) -> str:
+        """Where the server is, for messages: host:port or a socket path, never a secret."""
+        options = self.options
+        client = options["client"]
+        if client is not None:
+            pool_kwargs = getattr(getattr(client, "connection_pool", None),
+                                  "connection_kwargs", {})
+            if "host" in pool_kwargs:
+                return f"{pool_kwargs['host']}:{pool_kwargs.get('port', 6379)}"
+            return f"a caller-supplied {type(client).__name__} client"
+        if options["url"] is not None:
+            parts = urllib.parse.urlsplit(options["url"])
+            if parts.scheme == "unix":
+                return f"unix:{parts.path}"
+            return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        return f"{options['host'] or 'localhost'}:{options['port'] or 6379}"
+
+    def _socket_timeout(self) -> float | None:
+        client = self.options.get("client")
+        if client is None:
+            return float(self.options["socket_timeout"])
+        pool = getattr(client, "connection_pool", None)
+        value = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        return None if value is None else float(value)
+
+    # -- connection ---------------------------------------------------------
+
+    def _create_clients(self) -> tuple[Any, Any]:
+        """Build (writer, reader) redis-py clients with dogpile's backend."""
+        from dogpile.cache.backends.redis import RedisBackend as DogpileRedis
+
+        options = self.options
+        kwargs = self._connection_kwargs()
+        if options["url"] is None:
+            arguments: dict[str, Any] = {
+                "host": options["host"] or "localhost", "port": options["port"] or 6379,
+                "db": options["db"] or 0, "username": options["username"],
+                "password": options["password"], "connection_kwargs": kwargs}
+        else:
+            # from_url() picks the connection class from the scheme (rediss: TLS)
+            # and lets the URL's own credentials win; explicit ones fill gaps.
+            kwargs.pop("ssl", None)
+            for name in ("username", "password", "db"):
+                if options[name] is not None:
+                    kwargs[name] = options[name]
+            arguments = {"url": options["url"], "connection_kwargs": kwargs}
+        connector = DogpileRedis(arguments)
+        return connector.writer_client, connector.reader_client
+
+    def _adopt(self, writer: Any, reader: Any) -> None:
+        self._scripts = {name: writer.register_script(getattr(self, name))
+                         for name in self._SCRIPTS}
+        self._reader = reader
+        self._writer = writer
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client that takes writes and lease scripts (built on first use)."""
+        if self._writer is None:
+            with self._connect_lock:
+                if self._writer is None:
+                    try:
+                        writer, reader = self._create_clients()
+                    except exception.KVSError:
+                        raise
+                    except Exception as exc:
+                        if not self._is_redis_error(exc):
+                            raise
+                        raise self._unavailable("connect", exc) from exc
+                    self._adopt(writer, reader)
+        return self._writer
+
+    @property
+    def reader(self) -> Any:
+        """The client that serves plain reads (the master unless configured otherwise)."""
+        if self._reader is None:
+            self.client  # noqa: B018  (builds both)
+        return self._reader
+
+    def _script(self, name: str) -> Any:
+        if not self._scripts:
+            self.client  # noqa: B018
+        return self._scripts[name]
+
+    # -- errors -------------------------------------------------------------
+
+    @staticmethod
+    def _is_redis_error(exc: BaseException) -> bool:
+        import redis.exceptions
+
+        return isinstance(exc, redis.exceptions.RedisError)
+
+    def _secrets(self) -> list[str]:
+        return [str(self.options[name]) for name, spec in self.arguments.items()
+                if spec.secret and self.options.get(name)]
+
+    def _unavailable(self, operation: str, exc: BaseException) -> exception.BackendUnavailable:
+        """BackendUnavailable naming the server and the cause, with secrets scrubbed."""
+        import redis.exceptions
+
+        reason = str(exc) or type(exc).__name__
+        for secret in self._secrets():
+            reason = reason.replace(secret, "***")
+        if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in reason \
+                or "NOAUTH" in reason:
+            user = self.options.get("username") or "default"
+            what = f"authentication as user {user!r} failed"
+        elif isinstance(exc, redis.exceptions.TimeoutError):
+            what = "timed out"
+        elif isinstance(exc, redis.exceptions.ConnectionError):
+            what = "is unreachable"
+        else:
+            what = "refused the command"
+        return exception.BackendUnavailable(
+            f"{self.name}: redis at {self.endpoint} {what} ({operation}: "
+            f"{type(exc).__name__}: {reason})", host=self.endpoint)
+
+    # -- writes with optional WAIT ------------------------------------------
+
+    def _write(self, key: str, command: Callable[[Any], Any]) -> Any:
+        """Run one write command; with ``wait_replicas``, WAIT for the replicas after it.
+
+        WAIT counts the writes of its own connection, so it is pipelined with
+        the write on the same connection.
+        """
+        if not self.wait_replicas:
+            return command(self.client)
+        pipe = self.client.pipeline(transaction=False)
+        command(pipe)
+        pipe.wait(self.wait_replicas, milliseconds(self.options["wait_timeout"]))
+        result, acknowledged = pipe.execute()
+        if acknowledged < self.wait_replicas:
+            raise exception.BackendUnavailable(
+                f"{self.name}: write to key {key!r} reached the master at {self.endpoint} but "
+                f"only {acknowledged} of {self.wait_replicas} replicas acknowledged it within "
+                f"{self.options['wait_timeout']} s; a failover now could lose it",
+                host=self.endpoint, key=key)
+        return result
+
+    # -- plain data ---------------------------------------------------------
+
+    @translate_errors
+    def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
+        value = self.reader.get(hash_tag(key))
+        return NO_VALUE if value is None else value  # type: ignore[no-any-return]
+
+    @translate_errors
+    def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
+        if not keys:
+            return []
+        values = self._mget([hash_tag(key) for key in keys])
+        return [NO_VALUE if value is None else value for value in values]
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        return self.reader.mget(names)  # type: ignore[no-any-return]
+
+    @translate_errors
+    def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        name = hash_tag(key)
+        if ttl is None:
+            self._write(key, lambda client: client.set(name, value))
+        else:
+            self._write(key, lambda client: client.set(name, value, px=milliseconds(ttl)))
+
+    @translate_errors
+    def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        if not mapping:
+            return
+        first = next(iter(mapping))
+        names = {hash_tag(key): value for key, value in mapping.items()}
+        if ttl is None:
+            self._write(first, lambda client: client.mset(names))
+        else:
+            script = self._script("SET_MULTI_PX")
+            self._write(first, lambda client: script(
+                keys=list(names), args=[milliseconds(ttl), *names.values()], client=client))
+
+    @translate_errors
+    def plain_delete(self, key: str) -> bool:
+        name = hash_tag(key)
+        return bool(self._write(key, lambda client: client.delete(name)))
+
+    @translate_errors
+    def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
+        if keys:
+            names = [hash_tag(key) for key in keys]
+            self._write(keys[0], lambda client: client.delete(*names))
+
+    # -- leases -------------------------------------------------------------
+
+    @staticmethod
+    def _lease_ms(ttl: float | None) -> int:
+        return 0 if ttl is None else milliseconds(ttl)
+
+    @translate_errors
+    def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
+        tag = hash_tag(key)
+        fence = self._script("ACQUIRE")(
+            keys=[tag + ":lease", tag + ":fence"], args=[token, self._lease_ms(ttl)])
+        return None if fence is None else int(fence)
+
+    @translate_errors
+    def acquire_lease_and_get(
+        self, key: str, token: str, ttl: float | None
+    ) -> tuple[int | None, bytes | NoValue]:
+        tag = hash_tag(key)
+        reply = self._script("ACQUIRE_AND_GET")(
+            keys=[tag + ":lease", tag + ":fence", tag], args=[token, self._lease_ms(ttl)])
+        if reply is None:
+            return None, NO_VALUE
+        fence, value = reply[0], (reply[1] if len(reply) > 1 else None)
+        return int(fence), (NO_VALUE if value is None else value)
+
+    @translate_errors
+    def release_lease(self, key: str, token: str) -> bool:
+        tag = hash_tag(key)
+        return bool(self._script("RELEASE")(
+            keys=[tag + ":lease", tag + ":signal"], args=[token, self.SIGNAL_TTL_MS]))
+
+    @translate_errors
+    def extend_lease(self, key: str, token: str, ttl: float) -> bool:
+        tag = hash_tag(key)
+        return bool(self._script("EXTEND")(keys=[tag + ":lease"], args=[token, milliseconds(ttl)]))
+
+    @translate_errors
+    def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        tag = hash_tag(key)
+        script = self._script("FENCED_SET")
+        written = self._write(key, lambda client: script(
+            keys=[tag + ":lease", tag], args=[token, value, self._lease_ms(ttl)], client=client))
+        return Fenced.WRITTEN if written else Fenced.LEASE_LOST
+
+    @translate_errors
+    def fenced_set_and_release(self, key: str, value: bytes, token: str,
+                               ttl: float | None) -> Fenced:
+        tag = hash_tag(key)
+        script = self._script("FENCED_SET_AND_RELEASE")
+        written = self._write(key, lambda client: script(
+            keys=[tag + ":lease", tag, tag + ":signal"],
+            args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS], client=client))
+        return Fenced.WRITTEN if written else Fenced.LEASE_LOST
+
+    @translate_errors
+    def fenced_delete(self, key: str, token: str) -> Fenced:
+        tag = hash_tag(key)
+        script = self._script("FENCED_DELETE")
+        outcome = self._write(key, lambda client: script(
+            keys=[tag + ":lease", tag], args=[token], client=client))
+        return {1: Fenced.WRITTEN, 2: Fenced.MISSING}.get(int(outcome), Fenced.LEASE_LOST)
+
+    @translate_errors
+    def lease_info(self, key: str) -> LeaseInfo | None:
+        tag = hash_tag(key)
+        reply = self._script("LEASE_INFO")(keys=[tag + ":lease", tag + ":fence"])
+        if reply is None:
+            return None
+        token, pttl, fence = reply
+        if isinstance(token, bytes):
+            token = token.decode("utf-8")
+        remaining = None if int(pttl) < 0 else int(pttl) / 1000
+        return LeaseInfo(token=token, fence=int(fence), remaining=remaining)
+
+    @translate_errors
+    def break_lease(self, key: str) -> bool:
+        tag = hash_tag(key)
+        return bool(self._script("BREAK")(
+            keys=[tag + ":lease", tag + ":signal"], args=["", self.SIGNAL_TTL_MS]))
+
+    @translate_errors
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        """Block on the key's signal list until a release, the lease's expiry or ``timeout``.
+
+        Each BLPOP is capped below the socket timeout; an early return is fine
+        (the caller retries the acquire).
+        """
+        tag = hash_tag(key)
+        left_ms = self.client.pttl(tag + ":lease")
+        if left_ms == -2:  # already free
+            return
+        limit = min(timeout, self._blocking_cap)
+        if left_ms > 0:  # a release wakes us; an expiry does not, so stop there
+            limit = min(limit, left_ms / 1000)
+        if limit < 0.001:
+            return
+        # BLPOP 0 would block forever: the limit is always >= 1 ms here.
+        self.client.blpop([tag + ":signal"], timeout=round(limit, 3))
+
+    @translate_errors
+    def ping(self) -> None:
+        self.client.ping()
