@@ -19,7 +19,7 @@ servers:
 	sh tools/ensure-servers.sh
 
 run: $(STAMP)
-	$(VENV)/bin/kvs --config-file $(CONFIG) demo
+	$(PY) -m kvs.demo --config-file $(CONFIG)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kvs tests benchmarks

@@ -5,7 +5,7 @@ one store.  Store sections are found in the parsed files, so their options are
 registered per section when the config is loaded (see :mod:`kvs.loader`).
 
 ``list_opts()`` feeds ``oslo-config-generator --namespace kvs``; the store
-options appear there under the placeholder section ``[store:NAME]``.
+options appear there under the placeholder section ``[store:example]``.
 """
 
 from __future__ import annotations
@@ -77,4 +77,4 @@ def register_store_opts(conf: cfg.ConfigOpts, store: str) -> str:
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Options for oslo-config-generator (entry point ``oslo.config.opts: kvs``)."""
-    return [(KVS_GROUP, list(kvs_opts)), (STORE_GROUP_PREFIX + "NAME", list(store_opts))]
+    return [(KVS_GROUP, list(kvs_opts)), (STORE_GROUP_PREFIX + "example", list(store_opts))]

@@ -56,7 +56,7 @@ def known_backends() -> list[str]:
 def _load_backend_class(name: str) -> type:
     try:
         return _backend_loader.load(name)  # type: ignore[no-any-return]
-    except dogpile_exception.PluginNotFound:
+    except (dogpile_exception.PluginNotFound, _backend_loader.NotFound):
         raise exception.ConfigurationError(
             f"unknown backend {name!r}; known backends: {', '.join(known_backends())}",
             option="backend") from None
