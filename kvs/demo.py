@@ -44,9 +44,9 @@ def _worker(config_files: Sequence[str], name: str, use_update: bool) -> list[in
     return fences
 
 
-def run(config_files: Sequence[str], name: str = "demo", out: object = None) -> int:
-    """Run the demo; return the final count."""
-    write = print if out is None else out.write_line
+def run(config_files: Sequence[str], name: str = "demo",
+        write: Callable[[str], object] = print) -> int:
+    """Run the demo, printing through ``write``; return the final count."""
     started = time.monotonic()
     store = _open_store(config_files, name)
     write(f"store {name!r}: backend {store.backend_name}, lock_timeout {store.lock_timeout} s")
