@@ -60,6 +60,13 @@ store_opts = [
                      "outermost."),
     cfg.BoolOpt("locking", default=True,
                 help="False turns leases into no-ops, as in Keystone."),
+    cfg.StrOpt("security_strategy", default="none", choices=["none", "mac", "encrypt"],
+               help="none: values stored as serialized; mac: HMAC-SHA256 over key and value "
+                    "(tampered, forged or moved values are refused); encrypt: AES-GCM "
+                    "authenticated encryption (needs the cryptography package)."),
+    cfg.StrOpt("secret_key", secret=True,
+               help="Secret for security_strategy mac or encrypt. Every process sharing "
+                    "the store needs the same one."),
 ]
 
 

@@ -25,7 +25,7 @@ from dogpile.cache.api import NO_VALUE
 from dogpile.cache.proxy import ProxyBackend
 from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 
-from kvs import exception, manglers, serializers
+from kvs import exception, manglers, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo, write_options
 from kvs.lock import KeyValueStoreLock, Leases
 from kvs.stock import StockLeases
@@ -38,7 +38,7 @@ DEFAULT_LOCK_TIMEOUT = 5.0
 #: configure() arguments the store consumes itself; the rest go to the backend.
 STORE_ARGUMENTS = (
     "lock_timeout", "lock_wait_timeout", "key_prefix", "serializer", "default_ttl",
-    "enable_key_mangler",
+    "enable_key_mangler", "security_strategy", "secret_key",
 )
 
 _NO_DEFAULT: Any = object()
@@ -114,6 +114,7 @@ class KeyValueStore:
         self.lock_wait_timeout = DEFAULT_LOCK_TIMEOUT
         self.key_prefix = name
         self.default_ttl: float | None = None
+        self.security_strategy = "none"
         self.backend_name: str | None = None
         self._serializer: serializers.Serializer = serializers.get_serializer(
             serializers.DEFAULT_SERIALIZER)
@@ -174,6 +175,8 @@ class KeyValueStore:
             args.pop("serializer", None) or serializers.DEFAULT_SERIALIZER)
         default_ttl = _positive_ttl("default_ttl", args.pop("default_ttl", None))
         enable_mangler = bool(args.pop("enable_key_mangler", True))
+        strategy = args.pop("security_strategy", None) or "none"
+        seal = security.make_codec(strategy, args.pop("secret_key", None))
 
         backend_cls: Any = _load_backend_class(backing_store)
         if issubclass(backend_cls, LeaseBackend):
@@ -196,6 +199,9 @@ class KeyValueStore:
             raise exception.ConfigurationError(
                 "proxy_list must be a list or tuple of ProxyBackend classes", option="proxies")
         proxies = [_import_proxy(entry) for entry in proxy_list]
+        if seal is not None:
+            # Innermost, so it signs exactly the bytes the backend stores.
+            proxies.append(security.SecurityProxy(seal))
 
         # Mangler precedence, as in Keystone: explicit, else the backend's own,
         # else SHA-1 when enabled.
@@ -239,9 +245,11 @@ class KeyValueStore:
                     "store %r uses stock backend %s: locks use dogpile's get_mutex and a "
                     "client-side clock check; writes under a lock are NOT fenced",
                     self.name, backing_store)
-        if codec.name == "pickle":
-            LOG.warning("store %r uses the pickle serializer: anyone who can write to its "
-                        "backend can run code in this process", self.name)
+        self.security_strategy = strategy
+        if codec.name == "pickle" and seal is None:
+            LOG.warning("store %r uses the pickle serializer without a security_strategy: "
+                        "anyone who can write to its backend can run code in this process",
+                        self.name)
 
     # -- helpers ------------------------------------------------------------
 
@@ -271,7 +279,7 @@ class KeyValueStore:
         try:
             yield
         except (exception.SerializationError, exception.ValueTooLarge,
-                exception.CorruptValue) as exc:
+                exception.CorruptValue, exception.TamperedValue) as exc:
             raise type(exc)(f"key {key!r} in store {self.name!r}: {exc.message}",
                             key=key, store=self.name) from None
         except exception.KVSError:

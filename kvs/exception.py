@@ -92,6 +92,10 @@ class CorruptValue(KVSError, ValueError):
     """Bytes stored under a key cannot be decoded by this store's serializer."""
 
 
+class TamperedValue(KVSError, ValueError):
+    """A stored value failed its signature or decryption check (forged, altered or moved)."""
+
+
 class ValueTooLarge(KVSError, ValueError):
     """A serialized value is larger than the store or backend accepts."""
 

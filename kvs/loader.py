@@ -153,6 +153,9 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
     if section.default_ttl is not None:
         args["default_ttl"] = section.default_ttl
     args["enable_key_mangler"] = conf.kvs.enable_key_mangler
+    args["security_strategy"] = section.security_strategy
+    if section.secret_key is not None:
+        args["secret_key"] = section.secret_key
     return {"backing_store": backend, "proxy_list": list(section.proxies),
             "locking": section.locking, **args}
 
