@@ -1,0 +1,466 @@
+"""``kvs.sqlite``: the embedded default backend, one SQLite file on one host.
+
+Every process and thread that opens the same file sees the same keys, leases
+and fences.  The file is in WAL mode, so readers never block the writer and the
+writer never blocks readers; writers queue on SQLite's write lock for at most
+``busy_timeout`` seconds.
+
+Layout (two tables, created on first open)::
+
+    kvs_data   key -> value (bytes), expires
+    kvs_lease  key -> token (NULL when free), expires, fence
+
+Every write, and every lease call, runs in a ``BEGIN IMMEDIATE`` transaction:
+it takes the write lock first, then reads the lease row, then writes.  So the
+lease check and the write it guards are one atomic step for every process on
+the host, and a fenced write never lands under a lease that expired or moved.
+
+A lease row is never deleted: releasing it only clears the token, so the fence
+counter of a key keeps growing across releases, expiries and processes.
+
+Stored expiry times are wall-clock ``time.time()`` seconds, because they must
+mean the same thing to every process and survive a reboot.  They are compared
+in the backend only, inside the transaction, never against a client's view.
+An expired row reads as missing; write transactions purge expired data rows
+now and then.
+
+Arguments:
+
+``filename``
+    Path of the database file (default ``kvs.sqlite3``, relative to the
+    working directory; ``~`` is expanded).  Created if missing; its directory
+    must exist.
+``busy_timeout``
+    Seconds a call waits for another connection's write lock before raising
+    :class:`~kvs.exception.BackendUnavailable` (default 5.0; 0 fails at once).
+``synchronous``
+    SQLite's ``PRAGMA synchronous``: ``OFF``, ``NORMAL`` (default) or ``FULL``.
+    In WAL mode ``NORMAL`` never corrupts the file and keeps every commit
+    across a crash of the *process*, but a power loss or OS crash may undo the
+    last commits before the next checkpoint: recent values, and lease
+    acquisitions with them, so a fence number may be handed out twice after a
+    power cut.  ``FULL`` syncs the WAL on every commit and keeps each commit
+    across power loss, at the cost of one fsync per write.  ``OFF`` never syncs:
+    a power loss may corrupt the file.
+``max_value_size``
+    Largest serialized value in bytes (default and ceiling: 64 MiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from dogpile.cache.api import NO_VALUE, NoValue
+
+from kvs import exception
+from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+
+LOG = logging.getLogger(__name__)
+
+#: Bumped when the table layout changes; stored in ``PRAGMA user_version``.
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kvs_data (
+    key TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL,
+    expires REAL
+);
+CREATE INDEX IF NOT EXISTS kvs_data_expires ON kvs_data (expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS kvs_lease (
+    key TEXT PRIMARY KEY NOT NULL,
+    token TEXT,
+    expires REAL,
+    fence INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+_LIVE_DATA = "(expires IS NULL OR expires > ?)"
+_LIVE_LEASE = "token IS NOT NULL AND (expires IS NULL OR expires > ?)"
+_UPSERT_DATA = (
+    "INSERT INTO kvs_data (key, value, expires) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires"
+)
+# SQLite allows 32766 bound parameters per statement; stay well below.
+_CHUNK = 500
+# Expired data rows deleted per purge, so one write never pays for a backlog.
+_PURGE_BATCH = 1000
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the builtin one cannot)."""
+
+
+# -- fork safety --------------------------------------------------------------
+# SQLite forbids using a connection in a child process, and closing one there
+# may touch the WAL shared memory the parent is still using.  A forked child
+# drops the other threads' thread-local data, which would garbage-collect (and
+# so close) their connections.  To prevent that, every live connection is
+# referenced strongly across fork and kept forever in the child, unused; each
+# backend then opens fresh connections there (see ``_connection``).
+_live_connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+_live_lock = threading.Lock()
+_held_across_fork: list[_Connection] = []
+_inherited: list[_Connection] = []
+
+
+def _before_fork() -> None:
+    with _live_lock:
+        _held_across_fork.extend(_live_connections)
+
+
+def _after_fork_in_parent() -> None:
+    _held_across_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    _inherited.extend(_held_across_fork)
+    _held_across_fork.clear()
+    _live_connections.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+def _now() -> float:
+    """Wall-clock seconds: the only clock stored in the file (tests move it)."""
+    return time.time()
+
+
+def _expiry(now: float, ttl: float | None) -> float | None:
+    return None if ttl is None else now + ttl
+
+
+class SQLiteBackend(LeaseBackend):
+    """One SQLite file, shared by every process and thread on the host."""
+
+    name = "kvs.sqlite"
+    arguments = {
+        **LeaseBackend.arguments,
+        "filename": ArgumentSpec("str", default="kvs.sqlite3"),
+        "busy_timeout": ArgumentSpec("float", default=5.0, minimum=0),
+        "synchronous": ArgumentSpec("str", default="NORMAL", choices=("OFF", "NORMAL", "FULL")),
+    }
+    backend_value_limit = 64 * 1024 * 1024
+
+    #: Seconds between purges of expired rows, per backend instance.
+    purge_interval: float = 30.0
+
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        super().__init__(arguments)
+        filename = self.options["filename"]
+        if not filename or filename == ":memory:" or filename.startswith("file:"):
+            raise exception.ConfigurationError(
+                f"backend argument 'filename' must be the path of a file for {self.name}, "
+                f"got {filename!r}", option="filename")
+        self.filename: str = os.path.expanduser(filename)
+        self.busy_timeout: float = self.options["busy_timeout"]
+        self.synchronous: str = self.options["synchronous"]
+        if self.max_value_size is not None and self.max_value_size > self.backend_value_limit:
+            self.max_value_size = self.backend_value_limit
+        self._local = threading.local()
+        self._next_purge = 0.0
+        # Open now, so a bad path or a foreign file fails at configure time.
+        self._connection()
+
+    @classmethod
+    def parse_arguments(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        arguments = dict(arguments)
+        if isinstance(arguments.get("synchronous"), str):
+            arguments["synchronous"] = arguments["synchronous"].strip().upper()
+        return super().parse_arguments(arguments)
+
+    # -- connections and transactions ----------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use and again after fork."""
+        pid = os.getpid()
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != pid:
+            connection = self._open()
+            self._local.connection = connection
+            self._local.pid = pid
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        with self._errors():
+            # isolation_level=None: the module never opens transactions on its
+            # own; every transaction below is an explicit BEGIN.
+            connection = sqlite3.connect(self.filename, timeout=self.busy_timeout,
+                                         isolation_level=None, factory=_Connection)
+            try:
+                self._prepare(connection)
+            except BaseException:
+                connection.close()
+                raise
+        with _live_lock:
+            _live_connections.add(connection)  # type: ignore[arg-type]
+        return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                # Still correct (writes take the same lock), but readers now
+                # wait for writers.  Happens on file systems without mmap.
+                LOG.warning("SQLite file %r cannot use WAL mode; using %s", self.filename, mode)
+        connection.execute(f"PRAGMA synchronous={self.synchronous}")
+        if connection.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION:
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise exception.BackendUnavailable(
+                    f"SQLite file {self.filename!r} has kvs schema version {version}; "
+                    f"this kvs knows only up to {_SCHEMA_VERSION}", file=self.filename)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the calling thread's connection; the next call opens a new one."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and self._local.pid == os.getpid():
+            connection.close()
+        self._local.connection = None
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's operational errors into BackendUnavailable naming the file."""
+        try:
+            yield
+        except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
+            raise  # a bug in this module, not a state of the file
+        except sqlite3.DatabaseError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                message = (f"SQLite file {self.filename!r} stayed locked by another writer "
+                           f"for more than busy_timeout={self.busy_timeout} s")
+            else:
+                message = f"SQLite file {self.filename!r} cannot be used: {error}"
+            raise exception.BackendUnavailable(message, file=self.filename) from error
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the write lock is taken before anything is read."""
+        connection = self._connection()
+        with self._errors():
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                if time.monotonic() >= self._next_purge:
+                    self._purge(connection)
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several SELECTs see one state of the file."""
+        connection = self._connection()
+        with self._errors():
+            connection.execute("BEGIN")
+            try:
+                yield connection
+            finally:
+                if connection.in_transaction:
+                    connection.execute("COMMIT")
+
+    def _purge(self, connection: sqlite3.Connection) -> None:
+        deleted = connection.execute(
+            "DELETE FROM kvs_data WHERE rowid IN (SELECT rowid FROM kvs_data "
+            "WHERE expires <= ? LIMIT ?)", (_now(), _PURGE_BATCH)).rowcount
+        # A full batch means a backlog: purge again on the next write.
+        self._next_purge = 0.0 if deleted >= _PURGE_BATCH else (
+            time.monotonic() + self.purge_interval)
+
+    # -- data ---------------------------------------------------------------
+
+    def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
+        with self._errors():
+            row = self._connection().execute(
+                f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}",
+                (key, _now())).fetchone()
+        return NO_VALUE if row is None else bytes(row[0])
+
+    def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        with self._snapshot() as connection:
+            now = _now()
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start:start + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = connection.execute(
+                    f"SELECT key, value FROM kvs_data WHERE key IN ({marks}) AND {_LIVE_DATA}",
+                    (*chunk, now))
+                found.update((key, bytes(value)) for key, value in rows)
+        return [found.get(key, NO_VALUE) for key in keys]
+
+    def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.check_size(key, value)
+        with self._transaction() as connection:
+            connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
+
+    def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        for key, value in mapping.items():
+            self.check_size(key, value)
+        with self._transaction() as connection:
+            expires = _expiry(_now(), ttl)
+            connection.executemany(
+                _UPSERT_DATA, ((key, value, expires) for key, value in mapping.items()))
+
+    def _delete_live(self, connection: sqlite3.Connection, key: str) -> bool:
+        """Delete ``key``; say whether it held a live (unexpired) value."""
+        row = connection.execute(
+            "DELETE FROM kvs_data WHERE key = ? RETURNING expires", (key,)).fetchone()
+        return row is not None and (row[0] is None or row[0] > _now())
+
+    def plain_delete(self, key: str) -> bool:
+        with self._transaction() as connection:
+            return self._delete_live(connection, key)
+
+    def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
+        with self._transaction() as connection:
+            connection.executemany("DELETE FROM kvs_data WHERE key = ?", ((k,) for k in keys))
+
+    # -- leases -------------------------------------------------------------
+
+    @staticmethod
+    def _holds(connection: sqlite3.Connection, key: str, token: str) -> bool:
+        return connection.execute(
+            f"SELECT 1 FROM kvs_lease WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
+            (key, token, _now())).fetchone() is not None
+
+    @staticmethod
+    def _acquire(connection: sqlite3.Connection, key: str, token: str,
+                 ttl: float | None) -> int | None:
+        now = _now()
+        row = connection.execute(
+            "SELECT token, expires, fence FROM kvs_lease WHERE key = ?", (key,)).fetchone()
+        if row is not None and row[0] is not None and (row[1] is None or row[1] > now):
+            if row[0] != token:
+                return None
+            # A retry of an acquire whose reply was lost: same lease, same fence.
+            connection.execute("UPDATE kvs_lease SET expires = ? WHERE key = ?",
+                               (_expiry(now, ttl), key))
+            return int(row[2])
+        fence = 1 if row is None else int(row[2]) + 1
+        connection.execute(
+            "INSERT INTO kvs_lease (key, token, expires, fence) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, "
+            "expires = excluded.expires, fence = excluded.fence",
+            (key, token, _expiry(now, ttl), fence))
+        return fence
+
+    @staticmethod
+    def _release(connection: sqlite3.Connection, key: str, token: str) -> bool:
+        # Keep the row: its fence must outlive the lease.
+        return connection.execute(
+            "UPDATE kvs_lease SET token = NULL, expires = NULL "
+            f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
+            (key, token, _now())).rowcount == 1
+
+    def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
+        with self._transaction() as connection:
+            return self._acquire(connection, key, token, ttl)
+
+    def release_lease(self, key: str, token: str) -> bool:
+        with self._transaction() as connection:
+            return self._release(connection, key, token)
+
+    def extend_lease(self, key: str, token: str, ttl: float) -> bool:
+        # NULL + ttl stays NULL: a lease without expiry keeps having none.
+        with self._transaction() as connection:
+            return connection.execute(
+                f"UPDATE kvs_lease SET expires = expires + ? "
+                f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
+                (ttl, key, token, _now())).rowcount == 1
+
+    def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        self.check_size(key, value)
+        with self._transaction() as connection:
+            if not self._holds(connection, key, token):
+                return Fenced.LEASE_LOST
+            connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
+            return Fenced.WRITTEN
+
+    def fenced_delete(self, key: str, token: str) -> Fenced:
+        with self._transaction() as connection:
+            if not self._holds(connection, key, token):
+                return Fenced.LEASE_LOST
+            return Fenced.WRITTEN if self._delete_live(connection, key) else Fenced.MISSING
+
+    def acquire_lease_and_get(
+        self, key: str, token: str, ttl: float | None
+    ) -> tuple[int | None, bytes | NoValue]:
+        with self._transaction() as connection:
+            fence = self._acquire(connection, key, token, ttl)
+            if fence is None:
+                return None, NO_VALUE
+            row = connection.execute(
+                f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}",
+                (key, _now())).fetchone()
+            return fence, NO_VALUE if row is None else bytes(row[0])
+
+    def fenced_set_and_release(self, key: str, value: bytes, token: str,
+                               ttl: float | None) -> Fenced:
+        self.check_size(key, value)
+        with self._transaction() as connection:
+            if not self._holds(connection, key, token):
+                return Fenced.LEASE_LOST
+            connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
+            self._release(connection, key, token)
+            return Fenced.WRITTEN
+
+    def lease_info(self, key: str) -> LeaseInfo | None:
+        with self._errors():
+            now = _now()
+            row = self._connection().execute(
+                f"SELECT token, expires, fence FROM kvs_lease WHERE key = ? AND {_LIVE_LEASE}",
+                (key, now)).fetchone()
+        if row is None:
+            return None
+        remaining = None if row[1] is None else max(0.0, row[1] - now)
+        return LeaseInfo(token=row[0], fence=int(row[2]), remaining=remaining)
+
+    def break_lease(self, key: str) -> bool:
+        with self._transaction() as connection:
+            return connection.execute(
+                "UPDATE kvs_lease SET token = NULL, expires = NULL "
+                f"WHERE key = ? AND {_LIVE_LEASE}",
+                (key, _now())).rowcount == 1
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        # Other processes cannot wake us, so poll: 1 ms doubling to 20 ms,
+        # never sleeping past the timeout or the lease's own expiry.
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            lease = self.lease_info(key)
+            left = deadline - time.monotonic()
+            if lease is None or left <= 0:
+                return
+            pause = min(delay, left)
+            if lease.remaining is not None:
+                pause = min(pause, lease.remaining)
+            time.sleep(pause)
+            delay = min(delay * 2, 0.02)
