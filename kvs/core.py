@@ -224,7 +224,7 @@ class KeyValueStore:
 
         self._region.key_mangler = manglers.prefixed(key_prefix, mangler)
         self._region.serializer = codec.dumps
-        self._region.deserializer = codec.loads
+        self._region.deserializer = serializers.checked_loads(codec)
         self.locking = bool(locking)
         self.lock_timeout = lock_timeout
         self.lock_wait_timeout = lock_wait_timeout

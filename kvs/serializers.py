@@ -112,6 +112,20 @@ def get_serializer(name: str) -> Serializer:
             option="serializer") from None
 
 
+def checked_loads(serializer: Serializer) -> Callable[[bytes], Any]:
+    """``serializer.loads`` that reports any decoder failure as CorruptValue."""
+
+    def loads(data: bytes) -> Any:
+        try:
+            return serializer.loads(data)
+        except Exception as exc:  # every decoder has its own exception zoo
+            raise exception.CorruptValue(
+                f"stored bytes cannot be decoded with {serializer.name}: "
+                f"{type(exc).__name__}") from None
+
+    return loads
+
+
 def pack(serializer: Serializer, value: Any) -> bytes:
     """Encode ``value`` in dogpile's wire format (``metadata|payload``)."""
     payload = serializer.dumps(value)

@@ -276,3 +276,13 @@ def test_update_from_threads_loses_nothing(store: kvs.KeyValueStore) -> None:
         thread.join()
     assert store.get("counter") == 200
     assert store.lease_info("counter") is None
+
+
+def test_backend_lease_outlives_holders_view(make_store: Any) -> None:
+    store = make_store(lock_timeout=4)
+    with store.get_lock("k") as lock:
+        info = store.lease_info("k")
+        assert info is not None and info.remaining is not None and lock.remaining is not None
+        # T = 4 s, window w = 1 s: the holder trusts 3 s, the backend keeps 5 s.
+        assert lock.remaining <= 3.0
+        assert info.remaining > lock.remaining + 1.5
