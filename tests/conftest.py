@@ -20,11 +20,21 @@ import kvs.testing
 pytest_plugins = [
     "tests.fixtures.memory",
     "tests.fixtures.sqlite",
+    "tests.fixtures.memcached",
+    "tests.fixtures.redis",
 ]
 
 CONTRACT_BACKENDS = [
     "memory",
     "sqlite",
+    "memcached",
+    "memcached_multi",
+    "memcached_tls",
+    "redis",
+    "redis_tls",
+    "redis_acl",
+    "redis_sentinel",
+    "redis_cluster",
 ]
 
 #: Backends whose data lives in one process only: cross-process tests skip them.

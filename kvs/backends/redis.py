@@ -341,7 +341,7 @@ return #KEYS
         kwargs: dict[str, Any] = {
             "socket_timeout": options["socket_timeout"],
             "socket_connect_timeout": options["socket_connect_timeout"],
-            "health_check_interval": options["health_check_interval"],
+            "health_check_interval": options.get("health_check_interval") or 0,
             # redis-py's default is 10 retries with backoff: an unreachable
             # server would take seconds to report.  kvs says it at once.
             "retry": Retry(NoBackoff(), options["retries"]),
