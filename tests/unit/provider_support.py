@@ -149,3 +149,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0,
 
 def unique_store() -> str:
     return f"p{uuid.uuid4().hex[:10]}"
+
+
+# -- child processes (run by spawn; keep them importable and self-contained) -------
+
+def child_set_values(path: str, store: str, values: list[Any]) -> None:
+    """Load ``path`` in a fresh process and set ``peaches`` to each value."""
+    _, providers = load(Path(path))
+    for value in values:
+        providers[store].set("peaches", value)
+
+
+def child_sample_forever(path: str, store: str) -> None:
+    """Load ``path``, start scheduled logging, and sample until killed."""
+    import time
+
+    _, providers = load(Path(path))
+    providers[store].start_logging()
+    while True:
+        time.sleep(1)
