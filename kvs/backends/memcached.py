@@ -1,0 +1,635 @@
+"""``kvs.memcached``: one or many memcached servers, through pymemcache.
+
+What memcached can promise, and what it cannot
+----------------------------------------------
+
+* **Leases are efficiency-grade, not correctness-grade.**  A lease is an item
+  created with ``add``, so only one holder gets it while it exists; release and
+  extend are owner-checked (``gets``/meta-get, then a CAS-conditional meta delete
+  or ``cas``), so a holder never frees or stretches somebody else's lease.  But
+  memcached may *evict* a lease under memory pressure, and forgets everything
+  on restart: another client can then take the lease while the first still
+  believes it holds it.
+* **A fenced write is check-then-write, not one atomic step.**  ``fenced_set``
+  reads the lease (token and remaining time), refuses unless the caller's
+  token holds it with at least ``lease_safety_margin`` seconds to spare, and
+  only then writes.  The margin covers the time between the check and the
+  write; nothing covers an eviction or a takeover in between.  What is
+  guaranteed: a holder whose lease was evicted, expired or broken *before* its
+  write or release learns so (``LEASE_LOST``, or ``False`` from
+  ``release_lease``) instead of silently overwriting.
+* **Fence numbers** come from an ``incr`` counter stored beside the lease.  A
+  counter that is missing (first lock of the key, or evicted, or the server
+  restarted) is created with ``add``, seeded with the current Unix time in
+  microseconds, so fences keep increasing across an eviction or a restart as
+  long as the clients' clocks are not further apart than the counter's age.
+* **Time is whole seconds** on the server's own coarse clock, so an item given
+  ``n`` seconds lives between ``n - 1`` and ``n``.  Every TTL is therefore
+  rounded up and given one more second: a value written with ``ttl=T`` lives at
+  least ``T`` and at most ``ceil(T) + 1`` seconds, never less.  Leases get the
+  safety margin on top.  TTLs beyond 30 days are sent as absolute Unix times
+  (memcached's rule), which then depend on the server's wall clock.
+* **Keys** are always memcached-safe whatever the store sends: a key longer
+  than 247 bytes, or with anything but printable ASCII, or starting with the
+  reserved ``~``, is replaced by ``~h:`` plus its BLAKE2b hash.  Internal keys
+  (``~l:`` lease, ``~f:`` fence) live on the same server as their data key.
+* **Values** are the store's bytes, stored as they are (flags 0, no pickle).
+  A value above the server's item size limit raises ``ValueTooLarge`` *before*
+  anything is sent; memcached itself would delete the old value on a failed
+  oversized ``set``.
+* **Several servers**: a key, its lease and its fence are placed on one server
+  by rendezvous hashing (pymemcache's ``RendezvousHash``, the hasher
+  ``HashClient`` uses).  A server that is down fails only the calls for its own
+  keys, with ``BackendUnavailable`` naming ``host:port``; its keys are never
+  moved to another server (which would hand out a second lease on the same
+  key), and it is used again as soon as it answers.
+* ``set_multi`` is not atomic: memcached has no multi-key transaction.
+
+Every lease and lock command waits for the server's reply: with pymemcache's
+default ``noreply`` an ``add`` always "succeeds", which would turn every lease
+into a no-op.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import math
+import re
+import ssl
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dogpile.cache.api import NO_VALUE, NoValue
+from pymemcache.client.base import Client, PooledClient, normalize_server_spec
+from pymemcache.client.rendezvous import RendezvousHash
+from pymemcache.client.retrying import RetryingClient
+from pymemcache.exceptions import (
+    MemcacheError,
+    MemcacheIllegalInputError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+    MemcacheUnknownError,
+)
+
+from kvs import exception
+from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+
+#: memcached's relative-TTL ceiling: larger expiry values are read as Unix times.
+THIRTY_DAYS = 30 * 24 * 3600
+
+#: Item bytes memcached spends besides key and value (header, CAS, CRLF).
+#: Measured as 59 on memcached 1.6.18 (x86-64, CAS on); rounded up for slack.
+ITEM_OVERHEAD = 64
+
+#: memcached's own key limit.
+MAX_KEY_LENGTH = 250
+
+#: Values up to this size fit any server (the smallest ``-I`` is 1 KiB), so
+#: they skip the server limit lookup.
+ALWAYS_FITS = 1024 - ITEM_OVERHEAD - MAX_KEY_LENGTH
+
+# Data keys are kept verbatim only if they are printable ASCII without spaces,
+# do not start with "~" (reserved for the internal keys below), and leave room
+# for a three-byte internal prefix within memcached's 250 bytes.
+_VERBATIM_KEY = re.compile(r"[!-}][!-~]{0,246}")  # 247 bytes: 250 less the prefix
+_HASHED_PREFIX = "~h:"
+_LEASE_PREFIX = "~l:"
+_FENCE_PREFIX = "~f:"
+
+# Errors that mean "the connection broke before we got an answer": worth one
+# more try on a fresh connection (a server restart leaves stale sockets), and
+# counting towards marking the server down.  Timeouts are not retried: the
+# request may still be running on a slow server.
+_RETRYABLE = (ConnectionError, MemcacheUnexpectedCloseError, ssl.SSLEOFError,
+              ssl.SSLZeroReturnError)
+_CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError)
+_META_END = b"MN\r\n"
+
+
+def memcached_key(key: str) -> str:
+    """The memcached-safe form of a (mangled) store key.
+
+    Safe keys pass unchanged; anything else is hashed, so two different keys
+    never share an item and no key can reach the reserved ``~`` namespace.
+    """
+    if _VERBATIM_KEY.fullmatch(key):
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20)
+    return _HASHED_PREFIX + digest.hexdigest()
+
+
+def expire_time(seconds: float | None) -> int:
+    """memcached expiry for an item that must live at least ``seconds``.
+
+    ``None`` means no expiry (0).  Sub-second values round up, never to 0; one
+    second is added because the server's clock ticks in whole seconds; beyond
+    30 days the value becomes an absolute Unix time, as memcached requires.
+    """
+    if seconds is None:
+        return 0
+    whole = max(1, math.ceil(seconds)) + 1
+    return _wire_expiry(whole)
+
+
+def _wire_expiry(whole: int) -> int:
+    if whole > THIRTY_DAYS:
+        return int(time.time()) + whole
+    return whole
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaReply:
+    """One parsed meta-protocol reply: ``HD``/``VA``/``EN``/``NF``/``EX``/``NS``."""
+
+    code: bytes
+    flags: dict[bytes, bytes]
+    value: bytes | None = None
+
+    def int_flag(self, name: bytes) -> int:
+        return int(self.flags[name])
+
+
+def parse_meta_replies(raw: bytes) -> list[MetaReply]:
+    """Split the bytes before ``MN`` into replies (values are length-prefixed)."""
+    replies = []
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n", pos)
+        if end < 0:
+            raise MemcacheUnknownError(raw[pos:pos + 32])
+        parts = raw[pos:end].split()
+        pos = end + 2
+        if not parts:
+            raise MemcacheUnknownError(b"empty reply line")
+        code, value = parts[0], None
+        if code == b"VA":
+            size = int(parts[1])
+            value = raw[pos:pos + size]
+            pos += size + 2
+            flags = parts[2:]
+        elif code in (b"HD", b"EN", b"NF", b"EX", b"NS"):
+            flags = parts[1:]
+        else:
+            raise MemcacheUnknownError(b" ".join(parts)[:64])
+        replies.append(MetaReply(code, {flag[:1]: flag[1:] for flag in flags}, value))
+    return replies
+
+
+class Server:
+    """One memcached server: its name for messages and its pymemcache client(s).
+
+    Without pooling each thread gets its own ``Client`` (pymemcache clients are
+    not thread-safe); with pooling the threads share one ``PooledClient``.
+    """
+
+    def __init__(self, spec: str, options: Mapping[str, Any],
+                 tls_context: ssl.SSLContext | None) -> None:
+        try:
+            self.address: tuple[str, int] | str = normalize_server_spec(spec)
+        except (ValueError, TypeError):
+            raise exception.ConfigurationError(
+                f"memcached server {spec!r} is not host:port, [ipv6]:port or a socket path",
+                option="servers") from None
+        if isinstance(self.address, tuple):
+            host, port = self.address
+            self.name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        else:
+            self.name = f"unix:{self.address}"
+        self._options = options
+        self._tls_context = tls_context
+        self._local = threading.local()
+        self._pool: Any = None
+        if options["use_pooling"]:
+            self._pool = self._wrap(PooledClient(
+                self.address, max_pool_size=options["max_pool_size"], **self._client_kwargs()))
+        #: Monotonic time until which calls fail fast (``dead_timeout``).
+        self.down_until = 0.0
+        self.down_reason = ""
+        self._item_size_max: int | None = None
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "connect_timeout": self._options["connect_timeout"],
+            "timeout": self._options["timeout"],
+            "no_delay": True,
+            # The pymemcache trap: its default noreply makes add() always True.
+            "default_noreply": False,
+            "tls_context": self._tls_context,
+        }
+
+    def _wrap(self, client: Any) -> Any:
+        attempts = self._options["retry_attempts"]
+        if not attempts:
+            return client
+        return RetryingClient(client, attempts=attempts + 1,
+                              retry_delay=self._options["retry_delay"],
+                              retry_for=list(_RETRYABLE))
+
+    def client(self) -> Any:
+        """This thread's client; raises at once while the server is marked down."""
+        if self.down_until and time.monotonic() < self.down_until:
+            raise exception.BackendUnavailable(
+                f"memcached server {self.name} is marked down for "
+                f"{self._options['dead_timeout']} s after: {self.down_reason}", host=self.name)
+        if self._pool is not None:
+            return self._pool
+        try:
+            return self._local.client
+        except AttributeError:
+            self._local.client = self._wrap(Client(self.address, **self._client_kwargs()))
+            return self._local.client
+
+    def failure(self, exc: BaseException) -> exception.KVSError:
+        """Translate a pymemcache or socket error into a kvs error naming this server."""
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, MemcacheIllegalInputError):
+            # Keys are made safe and values are bytes, so this is a kvs bug.
+            return exception.KVSError(f"pymemcache refused a request for {self.name}: {detail}",
+                                      host=self.name)
+        if isinstance(exc, MemcacheServerError) and b"too large" in _as_bytes(exc):
+            return exception.ValueTooLarge(
+                f"memcached server {self.name} refused a value as too large", host=self.name)
+        if isinstance(exc, _CONNECTION_ERRORS):
+            # The server may come back with other settings (item size limit).
+            self._item_size_max = None
+            if self._options["dead_timeout"]:
+                self.down_until = time.monotonic() + self._options["dead_timeout"]
+                self.down_reason = detail
+        return exception.BackendUnavailable(
+            f"memcached server {self.name} is unavailable: {detail}", host=self.name)
+
+    def item_size_max(self) -> int:
+        """The server's item size limit (``-I``), asked once and remembered."""
+        if self._item_size_max is None:
+            settings = self.client().stats("settings")
+            self._item_size_max = int(settings[b"item_size_max"])
+        return self._item_size_max
+
+    def close(self) -> None:
+        client = self._pool if self._pool is not None else getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+
+
+def _as_bytes(exc: BaseException) -> bytes:
+    arg = exc.args[0] if exc.args else b""
+    return arg if isinstance(arg, bytes) else str(arg).encode("utf-8", "replace")
+
+
+class MemcachedBackend(LeaseBackend):
+    """kvs backend over one or many memcached servers (see the module docstring)."""
+
+    name = "kvs.memcached"
+    arguments = {
+        **LeaseBackend.arguments,
+        "servers": ArgumentSpec("list", default=["127.0.0.1:11211"]),
+        "connect_timeout": ArgumentSpec("float", default=1.0, minimum=0.001),
+        "timeout": ArgumentSpec("float", default=1.0, minimum=0.001),
+        "tls_enabled": ArgumentSpec("bool", default=False),
+        "tls_ca_certs": ArgumentSpec("str"),
+        "tls_certfile": ArgumentSpec("str"),
+        "tls_keyfile": ArgumentSpec("str"),
+        "retry_attempts": ArgumentSpec("int", default=1, minimum=0),
+        "retry_delay": ArgumentSpec("float", default=0.05, minimum=0),
+        "dead_timeout": ArgumentSpec("float", default=0.0, minimum=0),
+        "use_pooling": ArgumentSpec("bool", default=False),
+        "max_pool_size": ArgumentSpec("int", minimum=1),
+        "memcached_expire_time": ArgumentSpec("int", default=0, minimum=0),
+        "lease_safety_margin": ArgumentSpec("float", default=0.5, minimum=0),
+    }
+
+    #: memcached's default item size (1 MiB) less the item overhead; the real
+    #: per-server limit is read from the server before a large write.
+    backend_value_limit = 1024 * 1024 - ITEM_OVERHEAD
+
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        super().__init__(arguments)
+        options = self.options
+        if not options["servers"]:
+            raise exception.ConfigurationError(
+                "backend kvs.memcached needs at least one server", option="servers")
+        tls_context = self._tls_context(options)
+        self.servers = [Server(spec, options, tls_context) for spec in options["servers"]]
+        names = [server.name for server in self.servers]
+        if len(set(names)) != len(names):
+            raise exception.ConfigurationError(
+                f"memcached servers listed twice: {exception.names(names)}", option="servers")
+        self._by_name = {server.name: server for server in self.servers}
+        ring = RendezvousHash(nodes=list(names))
+        # pymemcache's murmur3 is pure Python: hashing every node for every key
+        # costs more than a loopback round trip, so remember the answers.  The
+        # server list never changes (a down server keeps its keys).
+        self._node = functools.lru_cache(maxsize=65536)(ring.get_node)
+        self._margin: float = options["lease_safety_margin"]
+        # Leases carry the margin as whole seconds on top of their TTL, so a
+        # holder still inside its lease always passes the fenced-write check.
+        self._lease_padding = math.ceil(self._margin)
+        self._default_expire: int = (
+            _wire_expiry(options["memcached_expire_time"])
+            if options["memcached_expire_time"] else 0)
+
+    @staticmethod
+    def _tls_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
+        paths = ("tls_ca_certs", "tls_certfile", "tls_keyfile")
+        if not options["tls_enabled"] and not any(options[name] for name in paths):
+            return None
+        if options["tls_keyfile"] and not options["tls_certfile"]:
+            raise exception.ConfigurationError(
+                "tls_keyfile needs tls_certfile", option="tls_keyfile")
+        try:
+            context = ssl.create_default_context(cafile=options["tls_ca_certs"])
+        except (OSError, ssl.SSLError):
+            raise exception.ConfigurationError(
+                "cannot load the CA certificates named by tls_ca_certs",
+                option="tls_ca_certs") from None
+        if options["tls_certfile"]:
+            try:
+                context.load_cert_chain(options["tls_certfile"], options["tls_keyfile"])
+            except (OSError, ssl.SSLError):
+                raise exception.ConfigurationError(
+                    "cannot load the client certificate named by tls_certfile/tls_keyfile",
+                    option="tls_certfile") from None
+        return context
+
+    # -- routing and helpers ------------------------------------------------
+
+    def server_for(self, key: str) -> Server:
+        """The server holding ``key`` (a store key), its lease and its fence."""
+        return self._route(key)[1]
+
+    def _route(self, key: str) -> tuple[str, Server]:
+        safe = memcached_key(key)
+        if len(self.servers) == 1:
+            return safe, self.servers[0]
+        return safe, self._by_name[self._node(safe)]
+
+    def _group(self, keys: Sequence[str]) -> dict[Server, list[str]]:
+        groups: dict[Server, list[str]] = collections.defaultdict(list)
+        for key in keys:
+            safe, server = self._route(key)
+            groups[server].append(safe)
+        return groups
+
+    def _data_expire(self, ttl: float | None) -> int:
+        return self._default_expire if ttl is None else expire_time(ttl)
+
+    def _lease_expire(self, ttl: float | None) -> int:
+        if ttl is None:
+            return 0
+        return _wire_expiry(max(1, math.ceil(ttl)) + 1 + self._lease_padding)
+
+    @staticmethod
+    def _meta(client: Any, *commands: bytes) -> list[MetaReply]:
+        """Send meta commands in one round trip, terminated by a no-op.
+
+        ``mn`` makes the end of the replies unambiguous, so pymemcache's
+        ``raw_command`` reads exactly this exchange and no more.
+        """
+        raw = client.raw_command(b"\r\n".join((*commands, b"mn")), _META_END)
+        replies = parse_meta_replies(raw)
+        if len(replies) != len(commands):
+            raise MemcacheUnknownError(b"meta reply count mismatch")
+        return replies
+
+    def _read_lease(self, client: Any, safe: str) -> MetaReply | None:
+        """The lease item on ``safe``: value, CAS and remaining TTL, or None."""
+        (reply,) = self._meta(client, b"mg %s v c t" % (_LEASE_PREFIX + safe).encode())
+        return reply if reply.code == b"VA" else None
+
+    def _holds(self, lease: MetaReply | None, token: bytes) -> bool:
+        """Whether ``token`` holds ``lease`` with the safety margin still ahead.
+
+        ``t`` counts whole seconds to expiry from the server's current tick, so
+        the real time left is more than ``t - 1``.
+        """
+        if lease is None or lease.value != token:
+            return False
+        remaining = lease.int_flag(b"t")
+        return remaining < 0 or remaining - 1 >= self._margin
+
+    def _next_fence(self, client: Any, safe: str) -> int:
+        fence_key = _FENCE_PREFIX + safe
+        for _attempt in range(3):
+            value = client.incr(fence_key, 1, noreply=False)
+            if value is not None:
+                return int(value)
+            # No counter yet (or evicted, or the server restarted): seed it
+            # with the time in microseconds, above any fence handed out before.
+            seed = time.time_ns() // 1000
+            if client.add(fence_key, str(seed).encode(), 0, noreply=False):
+                return seed
+        raise MemcacheUnknownError(b"fence counter keeps disappearing")
+
+    # -- data ---------------------------------------------------------------
+
+    def check_size(self, key: str, value: bytes) -> None:
+        super().check_size(key, value)
+        if len(value) <= ALWAYS_FITS:
+            return
+        safe, server = self._route(key)
+        try:
+            limit = server.item_size_max() - ITEM_OVERHEAD - len(safe)
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+        if len(value) > limit:
+            raise exception.ValueTooLarge(
+                f"value for key {key!r} is {len(value)} bytes, above the {limit} bytes "
+                f"memcached server {server.name} can hold", key=key, size=len(value),
+                host=server.name)
+
+    def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
+        safe, server = self._route(key)
+        try:
+            value = server.client().get(safe)
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+        return NO_VALUE if value is None else value  # type: ignore[no-any-return]
+
+    def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
+        if not keys:
+            return []
+        safe_keys = [memcached_key(key) for key in keys]
+        found: dict[str, bytes] = {}
+        for server, batch in self._group(keys).items():
+            try:
+                found.update(server.client().get_many(batch))
+            except (OSError, MemcacheError) as exc:
+                raise server.failure(exc) from exc
+        return [found.get(safe, NO_VALUE) for safe in safe_keys]
+
+    def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        safe, server = self._route(key)
+        try:
+            server.client().set(safe, value, self._data_expire(ttl), noreply=False)
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        expire = self._data_expire(ttl)
+        groups: dict[Server, dict[str, bytes]] = collections.defaultdict(dict)
+        for key, value in mapping.items():
+            safe, server = self._route(key)
+            groups[server][safe] = value
+        for server, batch in groups.items():
+            try:
+                failed = server.client().set_many(batch, expire, noreply=False)
+            except (OSError, MemcacheError) as exc:
+                raise server.failure(exc) from exc
+            if failed:
+                raise exception.BackendUnavailable(
+                    f"memcached server {server.name} did not store {len(failed)} of "
+                    f"{len(batch)} values", host=server.name)
+
+    def plain_delete(self, key: str) -> bool:
+        safe, server = self._route(key)
+        try:
+            return bool(server.client().delete(safe, noreply=False))
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
+        for server, batch in self._group(keys).items():
+            try:
+                server.client().delete_many(batch, noreply=False)
+            except (OSError, MemcacheError) as exc:
+                raise server.failure(exc) from exc
+
+    # -- leases -------------------------------------------------------------
+
+    def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
+        safe, server = self._route(key)
+        lease_key = _LEASE_PREFIX + safe
+        wanted = token.encode()
+        expire = self._lease_expire(ttl)
+        try:
+            client = server.client()
+            if client.add(lease_key, wanted, expire, noreply=False):
+                return self._next_fence(client, safe)
+            # Taken: by another holder, or by us if this is a retry of an
+            # acquire whose reply was lost.  Only the latter is a success.
+            lease = self._read_lease(client, safe)
+            if lease is None or lease.value != wanted:
+                return None
+            if not client.cas(lease_key, wanted, lease.flags[b"c"], expire, noreply=False):
+                return None
+            fence = client.get(_FENCE_PREFIX + safe)
+            return int(fence) if fence is not None else self._next_fence(client, safe)
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def release_lease(self, key: str, token: str) -> bool:
+        safe, server = self._route(key)
+        try:
+            client = server.client()
+            lease = self._read_lease(client, safe)
+            if lease is None or lease.value != token.encode():
+                return False
+            # Conditional on the CAS just read: if the lease changed hands
+            # meanwhile, memcached answers EX and deletes nothing.
+            (reply,) = self._meta(
+                client, b"md %s C%s" % ((_LEASE_PREFIX + safe).encode(), lease.flags[b"c"]))
+            return reply.code == b"HD"
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def extend_lease(self, key: str, token: str, ttl: float) -> bool:
+        safe, server = self._route(key)
+        wanted = token.encode()
+        try:
+            client = server.client()
+            lease = self._read_lease(client, safe)
+            if lease is None or lease.value != wanted:
+                return False
+            remaining = lease.int_flag(b"t")
+            if remaining < 0:
+                return True  # never expires: nothing to add
+            expire = _wire_expiry(remaining + max(1, math.ceil(ttl)))
+            return client.cas(_LEASE_PREFIX + safe, wanted, lease.flags[b"c"], expire,
+                              noreply=False) is True
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        # Check, then write: two steps memcached cannot join (module docstring).
+        safe, server = self._route(key)
+        try:
+            client = server.client()
+            if not self._holds(self._read_lease(client, safe), token.encode()):
+                return Fenced.LEASE_LOST
+            client.set(safe, value, self._data_expire(ttl), noreply=False)
+            return Fenced.WRITTEN
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def fenced_delete(self, key: str, token: str) -> Fenced:
+        safe, server = self._route(key)
+        try:
+            client = server.client()
+            if not self._holds(self._read_lease(client, safe), token.encode()):
+                return Fenced.LEASE_LOST
+            if client.delete(safe, noreply=False):
+                return Fenced.WRITTEN
+            return Fenced.MISSING
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def lease_info(self, key: str) -> LeaseInfo | None:
+        safe, server = self._route(key)
+        try:
+            lease, fence = self._meta(
+                server.client(), b"mg %s v t" % (_LEASE_PREFIX + safe).encode(),
+                b"mg %s v" % (_FENCE_PREFIX + safe).encode())
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+        if lease.code != b"VA" or lease.value is None:
+            return None
+        left = lease.int_flag(b"t")
+        # Report the lease as asked for: without the clock and margin padding.
+        remaining = None if left < 0 else float(max(0, left - 1 - self._lease_padding))
+        return LeaseInfo(
+            token=lease.value.decode("utf-8", "replace"),
+            fence=int(fence.value) if fence.code == b"VA" and fence.value else 0,
+            remaining=remaining)
+
+    def break_lease(self, key: str) -> bool:
+        safe, server = self._route(key)
+        try:
+            return bool(server.client().delete(_LEASE_PREFIX + safe, noreply=False))
+        except (OSError, MemcacheError) as exc:
+            raise server.failure(exc) from exc
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        # memcached cannot notify anyone: poll, backing off from 5 ms to 100 ms.
+        safe, server = self._route(key)
+        lease_get = b"mg %s" % (_LEASE_PREFIX + safe).encode()
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                (reply,) = self._meta(server.client(), lease_get)
+            except (OSError, MemcacheError) as exc:
+                raise server.failure(exc) from exc
+            left = deadline - time.monotonic()
+            if reply.code != b"HD" or left <= 0:
+                return
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.1)
+
+    # -- health -------------------------------------------------------------
+
+    def ping(self) -> None:
+        for server in self.servers:
+            try:
+                server.client().version()
+            except (OSError, MemcacheError) as exc:
+                raise server.failure(exc) from exc
+
+    def close(self) -> None:
+        """Close this thread's connections (all of them, with pooling)."""
+        for server in self.servers:
+            server.close()
