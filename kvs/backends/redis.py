@@ -330,7 +330,8 @@ return #KEYS
             return bool(options["ssl"])
         if options.get("url") and options["url"].startswith("rediss:"):
             return True
-        return any(options.get(name) is not None for name in _SSL_FILES)
+        # ssl_check_hostname alone does not ask for TLS (it is only a refinement).
+        return any(options.get(name) is not None for name in _SSL_FILES[:-1])
 
     def _connection_kwargs(self) -> dict[str, Any]:
         """redis-py connection keywords common to every backend of the family."""
