@@ -207,9 +207,8 @@ class SQLiteBackend(LeaseBackend):
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
-        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode != "wal":
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            mode = self._switch_to_wal(connection)
             if mode != "wal":
                 # Still correct (writes take the same lock), but readers now
                 # wait for writers.  Happens on file systems without mmap.
@@ -233,6 +232,24 @@ class SQLiteBackend(LeaseBackend):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+
+    def _switch_to_wal(self, connection: sqlite3.Connection) -> str:
+        """Set WAL mode, retrying while other connections open the new file.
+
+        Switching needs the file to itself, and SQLite reports "locked" at once
+        for it instead of calling the busy handler; so several processes
+        opening a fresh file together would fail without this loop.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                return str(connection.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def close(self) -> None:
         """Close the calling thread's connection; the next call opens a new one."""

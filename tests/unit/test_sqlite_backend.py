@@ -168,6 +168,28 @@ def test_locked_past_busy_timeout_is_unavailable(path: str) -> None:
     assert backend.get_serialized("k") == b"new"
 
 
+def test_open_waits_for_a_writer_blocking_the_switch_to_wal(path: str) -> None:
+    # A writer holding a file that is still in rollback-journal mode makes the
+    # switch to WAL fail at once (SQLite's busy handler is not called for it),
+    # which is what happens when several processes create one file together.
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE unrelated (x)")
+    with pytest.raises(exception.BackendUnavailable) as raised:
+        SQLiteBackend({"filename": path, "busy_timeout": 0})
+    assert path in str(raised.value)
+    finisher = threading.Timer(0.1, writer.execute, args=("COMMIT",))
+    finisher.start()
+    try:
+        backend = SQLiteBackend({"filename": path, "busy_timeout": 30})
+    finally:
+        finisher.join()
+        writer.close()
+    assert backend._connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    backend.plain_set("k", b"v", None)
+    assert backend.get_serialized("k") == b"v"
+
+
 # -- data -------------------------------------------------------------------------
 
 
@@ -523,6 +545,37 @@ def test_no_lost_updates_across_processes(backend: SQLiteBackend) -> None:
     done = _run_forked(_increment, backend, workers=3, count=50)
     assert done == [50, 50, 50]
     assert backend.get_serialized("shared") == b"150"
+
+
+def _open_fresh_file(path: str, barrier: Any, results: Any) -> None:
+    """Forked worker: open a file that others are creating at the same moment."""
+    barrier.wait()
+    try:
+        backend = SQLiteBackend({"filename": path})
+        backend.plain_set(f"opened-by-{multiprocessing.current_process().pid}", b"", None)
+        results.put("ok")
+    except exception.KVSError as error:
+        results.put(str(error))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
+def test_many_processes_create_one_file_together(tmp_path: Path) -> None:
+    # Switching a new file to WAL reports "locked" without waiting; several
+    # rounds, because the collision only happens when the timing lines up.
+    context = multiprocessing.get_context("fork")
+    for attempt in range(8):
+        path = str(tmp_path / f"fresh{attempt}.sqlite3")
+        barrier = context.Barrier(8)
+        results = context.Queue()
+        processes = [context.Process(target=_open_fresh_file, args=(path, barrier, results))
+                     for _ in range(8)]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        assert outcomes == ["ok"] * 8
+        assert len(raw_rows(path, "kvs_data")) == 8
 
 
 def test_no_lost_updates_across_threads(backend: SQLiteBackend) -> None:
