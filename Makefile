@@ -43,7 +43,7 @@ bench-quick: $(STAMP) servers
 	$(PY) -m benchmarks --quick
 
 sample-config: $(STAMP)
-	$(VENV)/bin/oslo-config-generator --namespace kvs --output-file etc/kvs.conf.sample
+	$(VENV)/bin/oslo-config-generator --namespace kvs --namespace kvs.provider --output-file etc/kvs.conf.sample
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -16,14 +16,19 @@ from kvs import exception
 from kvs.core import KeyValueStore, get_key_value_store
 from kvs.loader import configure_stores, load_config
 from kvs.lock import KeyValueStoreLock
+from kvs.provider import Provider, get_provider, register_calibration, resolve
 
 __all__ = [
     "KeyValueStore",
     "KeyValueStoreLock",
+    "Provider",
     "configure_stores",
     "exception",
     "get_key_value_store",
+    "get_provider",
     "load_config",
+    "register_calibration",
+    "resolve",
 ]
 
 __version__ = "0.1.0"

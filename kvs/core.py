@@ -405,13 +405,21 @@ class KeyValueStore:
 
     # -- locking ------------------------------------------------------------
 
-    def get_lock(self, key: str) -> KeyValueStoreLock:
-        """A write lease on ``key``, not yet acquired."""
+    def get_lock(self, key: str, lock_timeout: float | None = None,
+                 lock_wait_timeout: float | None = None) -> KeyValueStoreLock:
+        """A write lease on ``key``, not yet acquired.
+
+        ``lock_timeout``/``lock_wait_timeout`` override the store's for this lock.
+        """
         self._require_configured()
         manglers.check_key(key)
         assert self._leases is not None
-        return KeyValueStoreLock(self._leases, key, self._mangle(key), self.lock_timeout,
-                                 self.lock_wait_timeout, enabled=self.locking, store=self.name)
+        timeout = (self.lock_timeout if lock_timeout is None
+                   else _non_negative("lock_timeout", lock_timeout))
+        wait = (self.lock_wait_timeout if lock_wait_timeout is None
+                else _non_negative("lock_wait_timeout", lock_wait_timeout))
+        return KeyValueStoreLock(self._leases, key, self._mangle(key), timeout, wait,
+                                 enabled=self.locking, store=self.name)
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         """Who holds the lease on ``key`` right now (token, fence, time left)."""

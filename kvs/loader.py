@@ -184,4 +184,8 @@ def configure_stores(conf: cfg.ConfigOpts) -> dict[str, core.KeyValueStore]:
             raise exception.ConfigurationError(
                 f"[{group}] {exc.message}", option=option, section=group) from None
         stores[name] = store
+    # Declared stores sit above the core: imported here, not at module level.
+    from kvs import provider
+
+    provider.configure_providers(conf, stores)
     return stores
