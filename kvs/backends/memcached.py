@@ -180,6 +180,38 @@ def parse_meta_replies(raw: bytes) -> list[MetaReply]:
     return replies
 
 
+class BoundedPool:
+    """A ``PooledClient`` whose callers wait for a free connection.
+
+    pymemcache's pool raises ``RuntimeError`` as soon as ``max_pool_size``
+    connections are busy; a store shared by more threads than that should
+    queue instead, for up to ``wait`` seconds.
+    """
+
+    def __init__(self, pool: Any, size: int, wait: float, name: str) -> None:
+        self._pool = pool
+        self._slots = threading.BoundedSemaphore(size)
+        self._wait = wait
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        method = getattr(self._pool, attribute)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self._slots.acquire(timeout=self._wait):
+                raise exception.BackendUnavailable(
+                    f"every pooled connection to memcached server {self._name} stayed busy "
+                    f"for {self._wait} s", host=self._name)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._slots.release()
+
+        return call
+
+
 class Server:
     """One memcached server: its name for messages and its pymemcache client(s).
 
@@ -205,8 +237,11 @@ class Server:
         self._local = threading.local()
         self._pool: Any = None
         if options["use_pooling"]:
-            self._pool = self._wrap(PooledClient(
+            pool: Any = self._wrap(PooledClient(
                 self.address, max_pool_size=options["max_pool_size"], **self._client_kwargs()))
+            if options["max_pool_size"]:
+                pool = BoundedPool(pool, options["max_pool_size"], options["timeout"], self.name)
+            self._pool = pool
         #: Monotonic time until which calls fail fast (``dead_timeout``).
         self.down_until = 0.0
         self.down_reason = ""
@@ -303,9 +338,9 @@ class MemcachedBackend(LeaseBackend):
         "lease_safety_margin": ArgumentSpec("float", default=0.5, minimum=0),
     }
 
-    #: memcached's default item size (1 MiB) less the item overhead; the real
-    #: per-server limit is read from the server before a large write.
-    backend_value_limit = 1024 * 1024 - ITEM_OVERHEAD
+    #: No fixed limit: each server's own item size limit (``-I``) is read from
+    #: it before the first large write; ``max_value_size`` can lower it.
+    backend_value_limit = None
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         super().__init__(arguments)
@@ -361,6 +396,12 @@ class MemcachedBackend(LeaseBackend):
     def server_for(self, key: str) -> Server:
         """The server holding ``key`` (a store key), its lease and its fence."""
         return self._route(key)[1]
+
+    @staticmethod
+    def item_keys(key: str) -> tuple[str, str, str]:
+        """memcached item names of ``key``'s value, lease and fence counter."""
+        safe = memcached_key(key)
+        return safe, _LEASE_PREFIX + safe, _FENCE_PREFIX + safe
 
     def _route(self, key: str) -> tuple[str, Server]:
         safe = memcached_key(key)

@@ -1,0 +1,344 @@
+"""kvs.memcached against real servers: keys, sizes, TTLs, leases, TLS, configuration.
+
+The contract suite (tests/contract) already runs on one server, three servers
+and TLS; these tests cover what is particular to memcached.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client
+
+import kvs
+from kvs import exception
+from kvs.backends.memcached import ITEM_OVERHEAD, MemcachedBackend
+from tests.fixtures.memcached_servers import Certificates, MemcachedServer, ServerFactory
+
+
+def _store(config: dict[str, Any], **overrides: Any) -> kvs.KeyValueStore:
+    store = kvs.get_key_value_store(f"mc-{uuid.uuid4().hex[:10]}")
+    store.configure(**{**config, **overrides})
+    return store
+
+
+def _backend(store: kvs.KeyValueStore) -> MemcachedBackend:
+    backend = store.region.actual_backend
+    assert isinstance(backend, MemcachedBackend)
+    return backend
+
+
+def _raw(server: MemcachedServer) -> Client:
+    return Client(("127.0.0.1", server.port), default_noreply=False, timeout=5,
+                  connect_timeout=5)
+
+
+def _mangled(store: kvs.KeyValueStore, key: str) -> str:
+    mangler = store.region.key_mangler
+    assert mangler is not None
+    return mangler(key)
+
+
+# -- keys -------------------------------------------------------------------
+
+UNSAFE_KEYS = ["k" * 400, "has space", "tab\there", "line\r\nbreak", "nul\x00byte",
+               "caf\u00e9 \u2603", "~l:imitates-a-lease", ""]
+
+
+def test_unsafe_keys_round_trip_without_a_mangler(memcached_backend_config: dict[str, Any],
+                                                  memcached_server: MemcachedServer) -> None:
+    store = _store(memcached_backend_config, enable_key_mangler=False)
+    for index, key in enumerate(UNSAFE_KEYS):
+        store.set(key, index)
+    assert store.get_multi(UNSAFE_KEYS) == list(range(len(UNSAFE_KEYS)))
+    for index, key in enumerate(UNSAFE_KEYS):
+        assert store.get(key) == index
+        with store.get_lock(key) as lock:
+            store.set(key, -index, lock=lock)
+        assert store.get(key) == -index
+        # What reached memcached is the safe item name.
+        data_key, _, _ = MemcachedBackend.item_keys(_mangled(store, key))
+        assert _raw(memcached_server).get(data_key) is not None
+    store.delete_multi(UNSAFE_KEYS)
+    assert not any(store.exists(key) for key in UNSAFE_KEYS)
+
+
+def test_long_keys_that_differ_late_stay_distinct(
+        memcached_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_backend_config, enable_key_mangler=False)
+    base = "x" * 300
+    store.set(base + "1", "one")
+    store.set(base + "2", "two")
+    assert store.get(base + "1") == "one" and store.get(base + "2") == "two"
+
+
+# -- values and sizes ---------------------------------------------------------
+
+def test_values_are_stored_as_the_stores_bytes(memcached_backend_config: dict[str, Any],
+                                               memcached_server: MemcachedServer) -> None:
+    store = _store(memcached_backend_config, serializer="json")
+    store.set("k", {"a": [1, 2]})
+    data_key, _, _ = MemcachedBackend.item_keys(_mangled(store, "k"))
+    raw = _raw(memcached_server).get(data_key)
+    assert raw.endswith(b'|{"a":[1,2]}')  # dogpile's metadata|payload, no pickle
+    assert raw.startswith(b'{"ct":')
+
+
+ITEM_SIZE = 2 * 1024 * 1024
+
+
+def test_value_too_large_is_refused_before_writing(
+        memcached_servers_factory: ServerFactory) -> None:
+    # A server with a 2 MiB item limit (not the default 1 MiB): the backend
+    # asks the server for its limit.
+    server = memcached_servers_factory.start(extra=["-I", "2m"])
+    store = _store({"backing_store": "kvs.memcached", "servers": [server.address]})
+    store.set("k", b"old")
+    data_key, _, _ = MemcachedBackend.item_keys(_mangled(store, "k"))
+    limit = ITEM_SIZE - ITEM_OVERHEAD - len(data_key)
+    # At the backend: exactly the limit fits, one byte more is refused.
+    backend = _backend(store)
+    other = _mangled(store, "other")
+    fits = b"x" * (ITEM_SIZE - ITEM_OVERHEAD - len(MemcachedBackend.item_keys(other)[0]))
+    backend.set_serialized(other, fits)
+    assert backend.get_serialized(other) == fits
+    with pytest.raises(exception.ValueTooLarge):
+        backend.set_serialized(other, fits + b"y")
+    assert backend.get_serialized(other) == fits
+    # Through the store, with the user's key in the message.
+    store.set("k", b"old")
+    with pytest.raises(exception.ValueTooLarge) as info:
+        store.set("k", b"x" * (limit + 1))
+    assert server.address in str(info.value) and "'k'" in str(info.value)
+    assert store.get("k") == b"old"
+    with pytest.raises(exception.ValueTooLarge):
+        store.set_multi({"a": b"small", "k": b"x" * (limit + 1)})
+    assert store.get("k") == b"old" and not store.exists("a")
+    with store.get_lock("k") as lock, pytest.raises(exception.ValueTooLarge):
+        store.set("k", b"x" * (limit + 1), lock=lock)
+    assert store.get("k") == b"old"
+
+
+def test_memcached_itself_drops_the_old_value_on_an_oversized_set(
+        memcached_server: MemcachedServer) -> None:
+    """Why the size check must come first: the server deletes on a failed set."""
+    raw = _raw(memcached_server)
+    key = f"raw-{uuid.uuid4().hex}"
+    raw.set(key, b"old")
+    with pytest.raises(Exception, match="too large"):
+        raw.set(key, b"x" * (2 * 1024 * 1024))
+    assert raw.get(key) is None
+
+
+# -- time -----------------------------------------------------------------------
+
+def test_sub_second_ttl_is_rounded_up_not_to_zero(
+        memcached_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_backend_config)
+    store.set("k", "v", ttl=0.2)
+    store.set_multi({"a": 1}, ttl=0.2)
+    # memcached would keep an item with expiry 0 forever; 0.2 must not become 0,
+    # nor expire before 0.2 s (the server clock ticks in whole seconds).
+    assert store.get("k") == "v" and store.get("a") == 1
+    deadline = time.monotonic() + 5
+    while (store.exists("k") or store.exists("a")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store.exists("k") and not store.exists("a")
+
+
+def test_memcached_expire_time_is_a_store_wide_server_ttl(
+        memcached_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_backend_config, memcached_expire_time=1)
+    store.set("k", "v")
+    store.set("kept", "v", ttl=60)
+    deadline = time.monotonic() + 5
+    while store.exists("k") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store.exists("k") and store.get("kept") == "v"
+
+
+# -- leases -------------------------------------------------------------------
+
+def test_contended_add_is_refused(memcached_backend_config: dict[str, Any]) -> None:
+    """With noreply, add() would "succeed" for both; here the second must fail."""
+    store = _store(memcached_backend_config)
+    backend = _backend(store)
+    key = _mangled(store, "k")
+    assert backend.acquire_lease(key, "first", 30) is not None
+    assert backend.acquire_lease(key, "second", 30) is None
+    info = backend.lease_info(key)
+    assert info is not None and info.token == "first"
+
+
+def test_lease_items_live_with_their_key(memcached_multi_backend_config: dict[str, Any],
+                                         memcached_servers: list[MemcachedServer]) -> None:
+    store = _store(memcached_multi_backend_config)
+    backend = _backend(store)
+    by_address = {server.address: server for server in memcached_servers}
+    for index in range(12):
+        key = f"k{index}"
+        store.set(key, index)
+        with store.get_lock(key):
+            home = by_address[backend.server_for(_mangled(store, key)).name]
+            for item in MemcachedBackend.item_keys(_mangled(store, key)):
+                assert _raw(home).get(item) is not None
+                for other in memcached_servers:
+                    if other is not home:
+                        assert _raw(other).get(item) is None
+
+
+def test_fenced_write_refused_inside_the_safety_margin(
+        memcached_backend_config: dict[str, Any], memcached_server: MemcachedServer) -> None:
+    store = _store(memcached_backend_config)
+    backend = _backend(store)
+    key = _mangled(store, "k")
+    store.set("k", "before")
+    assert backend.acquire_lease(key, "tok", 0.1) is not None
+    _, lease_key, _ = MemcachedBackend.item_keys(key)
+    raw = _raw(memcached_server)
+    # Wait (without bumping LRU concerns: this server is roomy) until the
+    # server says one tick is left: less than the 0.5 s margin is guaranteed.
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        reply = raw.raw_command(f"mg {lease_key} t\r\nmn", "MN\r\n")
+        if reply.startswith(b"HD t1"):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"lease never reached its last second: {reply!r}")
+    assert backend.fenced_set(key, b"late", "tok", None).name == "LEASE_LOST"
+    assert backend.fenced_delete(key, "tok").name == "LEASE_LOST"
+    assert store.get("k") == "before"
+    assert backend.release_lease(key, "tok") is True  # releasing needs no margin
+
+
+def test_release_and_extend_check_the_owner(memcached_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_backend_config)
+    backend = _backend(store)
+    key = _mangled(store, "k")
+    assert backend.acquire_lease(key, "mine", 5) is not None
+    assert backend.release_lease(key, "not-mine") is False
+    assert backend.extend_lease(key, "not-mine", 60) is False
+    info = backend.lease_info(key)
+    assert info is not None and info.token == "mine" and info.remaining == 5
+    assert backend.extend_lease(key, "mine", 10) is True
+    info = backend.lease_info(key)
+    assert info is not None and 14 <= (info.remaining or 0) <= 15
+    assert backend.release_lease(key, "mine") is True
+    assert backend.release_lease(key, "mine") is False
+    assert backend.extend_lease(key, "mine", 1) is False
+
+
+def test_fences_survive_a_lost_counter(memcached_backend_config: dict[str, Any],
+                                       memcached_server: MemcachedServer) -> None:
+    store = _store(memcached_backend_config)
+    with store.get_lock("k") as first:
+        pass
+    _, _, fence_key = MemcachedBackend.item_keys(_mangled(store, "k"))
+    _raw(memcached_server).delete(fence_key)  # as an eviction would
+    with store.get_lock("k") as second:
+        pass
+    assert first.fence is not None and second.fence is not None
+    assert second.fence > first.fence
+
+
+def test_pooled_clients_from_many_threads(memcached_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_backend_config, use_pooling=True, max_pool_size=4,
+                   lock_wait_timeout=30)
+
+    def work() -> None:
+        for _ in range(20):
+            store.update("counter", lambda value: value + 1, default=0)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert store.get("counter") == 120
+
+
+# -- TLS ----------------------------------------------------------------------
+
+def test_tls_with_an_untrusted_ca_is_unavailable_naming_the_server(
+        memcached_tls_server: MemcachedServer, memcached_certificates: Certificates,
+        tmp_path: Path) -> None:
+    other = Certificates(tmp_path / "other-ca")
+    args = memcached_certificates.backend_args()
+    args["tls_ca_certs"] = str(other.ca)
+    store = _store({"backing_store": "kvs.memcached",
+                    "servers": [memcached_tls_server.address], **args})
+    with pytest.raises(exception.BackendUnavailable) as info:
+        store.set("k", 1)
+    assert memcached_tls_server.address in str(info.value)
+
+
+def test_tls_server_refuses_a_client_without_certificate(
+        memcached_tls_server: MemcachedServer, memcached_certificates: Certificates) -> None:
+    store = _store({"backing_store": "kvs.memcached", "servers": [memcached_tls_server.address],
+                    "tls_ca_certs": str(memcached_certificates.ca), "timeout": 2})
+    with pytest.raises(exception.BackendUnavailable) as info:
+        store.set("k", 1)
+        store.get("k")
+    assert memcached_tls_server.address in str(info.value)
+
+
+def test_plain_client_cannot_talk_to_the_tls_server(
+        memcached_tls_server: MemcachedServer) -> None:
+    store = _store({"backing_store": "kvs.memcached", "servers": [memcached_tls_server.address],
+                    "timeout": 2})
+    with pytest.raises(exception.BackendUnavailable):
+        store.set("k", 1)
+
+
+# -- configuration from an ini file ------------------------------------------
+
+def test_configured_from_an_ini_file(tmp_path: Path, memcached_servers: list[MemcachedServer],
+                                     memcached_certificates: Certificates) -> None:
+    addresses = ", ".join(server.address for server in memcached_servers)
+    ini = tmp_path / "kvs.conf"
+    ini.write_text(f"""
+[store:cache]
+backend = kvs.memcached
+backend_argument = servers:{addresses}
+backend_argument = connect_timeout:0.5
+backend_argument = timeout:0.5
+backend_argument = use_pooling:yes
+backend_argument = max_pool_size:8
+backend_argument = retry_attempts:2
+backend_argument = retry_delay:0.01
+backend_argument = dead_timeout:0
+backend_argument = memcached_expire_time:3600
+backend_argument = lease_safety_margin:0.25
+lock_timeout = 2
+""")
+    conf = kvs.load_config([str(ini)])
+    stores = kvs.configure_stores(conf)
+    store = stores["cache"]
+    backend = _backend(store)
+    assert [server.name for server in backend.servers] == [s.address for s in memcached_servers]
+    assert backend.options["use_pooling"] is True and backend.options["retry_attempts"] == 2
+    store.set("k", "v")
+    with store.get_lock("k") as lock:
+        store.set("k", "w", lock=lock)
+    assert store.get("k") == "w"
+
+
+def test_unknown_ini_argument_is_a_configuration_error(
+        tmp_path: Path, memcached_server: MemcachedServer) -> None:
+    ini = tmp_path / "kvs.conf"
+    ini.write_text(f"""
+[store:bad]
+backend = kvs.memcached
+backend_argument = servers:{memcached_server.address}
+backend_argument = hashclient_dead_timeout:5
+""")
+    conf = kvs.load_config([str(ini)])
+    with pytest.raises(exception.ConfigurationError) as info:
+        kvs.configure_stores(conf)
+    assert "hashclient_dead_timeout" in str(info.value)
