@@ -129,7 +129,7 @@ CONNECTION_ARGUMENTS: dict[str, ArgumentSpec] = {
 #: WAIT after data writes (standalone and Sentinel; WAIT has no place in a cluster script).
 REPLICATION_ARGUMENTS: dict[str, ArgumentSpec] = {
     "wait_replicas": ArgumentSpec("int", default=0, minimum=0),
-    "wait_timeout": ArgumentSpec("float", default=1.0, minimum=0.001),
+    "wait_timeout": ArgumentSpec("float", default=0.5, minimum=0.001),
 }
 
 _SSL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
@@ -315,6 +315,15 @@ return #KEYS
                 raise exception.ConfigurationError(
                     f"backend argument 'client' excludes {', '.join(given)}", option="client")
         self._check_ssl()
+        self._check_wait()
+
+    def _check_wait(self) -> None:
+        # WAIT blocks on the socket: it must answer before the read timeout fires.
+        options = self.options
+        if options.get("wait_replicas") and options["wait_timeout"] >= options["socket_timeout"]:
+            raise exception.ConfigurationError(
+                f"backend argument 'wait_timeout' ({options['wait_timeout']} s) must be below "
+                f"socket_timeout ({options['socket_timeout']} s)", option="wait_timeout")
 
     def _check_ssl(self) -> None:
         options = self.options

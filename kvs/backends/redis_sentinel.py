@@ -61,6 +61,7 @@ class RedisSentinelBackend(RedisBackend):
                 "kvs.redis_sentinel needs a non-empty 'service_name'", option="service_name")
         self.sentinel_nodes = [parse_node("sentinels", text) for text in self.options["sentinels"]]
         self._check_ssl()
+        self._check_wait()
 
     def _describe_endpoint(self) -> str:
         nodes = ",".join(f"{host}:{port}" for host, port in self.sentinel_nodes)

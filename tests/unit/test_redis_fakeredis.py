@@ -53,11 +53,11 @@ def store(client: fakeredis.FakeRedis) -> Iterator[kvs.KeyValueStore]:
 
 def test_ini_text_is_parsed_to_types() -> None:
     backend = RedisBackend({"url": "rediss://127.0.0.1:6390/2", "ssl_check_hostname": "no",
-                            "retries": "2", "socket_timeout": "0.5", "max_connections": "8",
+                            "retries": "2", "socket_timeout": "1.5", "max_connections": "8",
                             "health_check_interval": "15", "wait_replicas": "1"})
     assert backend.options["ssl_check_hostname"] is False
     assert backend.options["retries"] == 2 and backend.options["max_connections"] == 8
-    assert backend.options["socket_timeout"] == 0.5
+    assert backend.options["socket_timeout"] == 1.5
     assert backend.options["wait_replicas"] == 1
 
 
@@ -95,6 +95,7 @@ def test_url_credentials_and_db() -> None:
     ({"socket_timeout": "0"}, "socket_timeout"),
     ({"retries": "often"}, "retries"),
     ({"client": "redis://x"}, "client"),
+    ({"wait_replicas": "1", "wait_timeout": "2"}, "wait_timeout"),
 ])
 def test_bad_arguments_raise_configuration_error(arguments: dict[str, Any], option: str) -> None:
     with pytest.raises(exception.ConfigurationError) as caught:
