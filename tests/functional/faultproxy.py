@@ -55,6 +55,7 @@ class FaultProxy:
         self._request_delay = 0.0
         self._reply_delay = 0.0
         self._drop_replies = 0
+        self._skip_replies = 0
         self._close_after_drop = False
         #: Replies swallowed so far (tests assert the fault really happened).
         self.dropped = 0
@@ -81,23 +82,25 @@ class FaultProxy:
         with self._lock:
             self._mode = Mode.FORWARD
             self._request_delay = self._reply_delay = 0.0
-            self._drop_replies = 0
+            self._drop_replies = self._skip_replies = 0
 
     def blackhole(self) -> None:
         """Discard all traffic both ways; connections stay open (a silent partition)."""
         with self._lock:
             self._mode = Mode.BLACKHOLE
 
-    def drop_next_reply(self, close: bool = False) -> None:
+    def drop_next_reply(self, close: bool = False, skip: int = 0) -> None:
         """Swallow the next server->client chunk; with ``close``, then cut that connection.
 
         Without ``close`` the client waits for its socket timeout; with it the
         client sees the connection reset at once.  Either way the server has
-        already executed the request.
+        already executed the request.  ``skip`` lets that many replies through
+        first (to hit the second step of a two-step call).
         """
         with self._lock:
             self._drop_replies += 1
             self._close_after_drop = close
+            self._skip_replies = skip
 
     def delay_requests(self, seconds: float) -> None:
         """Hold each client->server chunk ``seconds`` before passing it on (in order)."""
@@ -160,7 +163,10 @@ class FaultProxy:
                     mode = self._mode
                     delay = self._reply_delay if reply else self._request_delay
                     drop = reply and self._drop_replies > 0 and mode is Mode.FORWARD
-                    if drop:
+                    if drop and self._skip_replies > 0:
+                        self._skip_replies -= 1
+                        drop = False
+                    elif drop:
                         self._drop_replies -= 1
                         self.dropped += 1
                         cut = self._close_after_drop
