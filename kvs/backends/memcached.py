@@ -558,8 +558,10 @@ class MemcachedBackend(LeaseBackend):
                 return None
             if not client.cas(lease_key, wanted, lease.flags[b"c"], expire, noreply=False):
                 return None
-            fence = client.get(_FENCE_PREFIX + safe)
-            return int(fence) if fence is not None else self._next_fence(client, safe)
+            # The lost reply may have come before the fence ``incr`` ran, so
+            # the counter may still show the previous holder's fence: draw a
+            # new one (a skipped number is harmless, a repeated one is not).
+            return self._next_fence(client, safe)
         except (OSError, MemcacheError) as exc:
             raise server.failure(exc) from exc
 
