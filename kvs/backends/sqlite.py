@@ -112,19 +112,22 @@ _held_across_fork: list[_Connection] = []
 _inherited: list[_Connection] = []
 
 
+# The lock is held across fork so that the child never inherits it locked.
 def _before_fork() -> None:
-    with _live_lock:
-        _held_across_fork.extend(_live_connections)
+    _live_lock.acquire()
+    _held_across_fork.extend(_live_connections)
 
 
 def _after_fork_in_parent() -> None:
     _held_across_fork.clear()
+    _live_lock.release()
 
 
 def _after_fork_in_child() -> None:
     _inherited.extend(_held_across_fork)
     _held_across_fork.clear()
     _live_connections.clear()
+    _live_lock.release()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,

@@ -540,6 +540,51 @@ def test_forked_child_opens_its_own_connection(backend: SQLiteBackend) -> None:
     assert backend.get_serialized("shared") == b"from the child"
 
 
+def _report_inherited(backend: SQLiteBackend, key: str, count: int, results: Any) -> None:
+    """Forked worker: are the connections inherited from the parent still open?"""
+    import gc
+
+    gc.collect()  # the other threads' thread-local data is gone by now
+    still_open = []
+    for connection in sqlite_module._inherited:
+        try:
+            connection.in_transaction  # noqa: B018  (raises once closed)
+            still_open.append(True)
+        except sqlite3.ProgrammingError:
+            still_open.append(False)
+    # Reads work in the child (its own connection) while the parent writes.
+    results.put((still_open, backend.get_serialized("held")))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
+def test_forked_child_never_closes_the_parents_connections(backend: SQLiteBackend) -> None:
+    # Another thread of the parent sits in a write transaction during the fork;
+    # closing its copy in the child would roll back in shared WAL state.
+    opened = threading.Event()
+    finish = threading.Event()
+
+    def hold_a_transaction() -> None:
+        with backend._transaction() as connection:
+            connection.execute(sqlite_module._UPSERT_DATA, ("held", b"parent", None))
+            opened.set()
+            finish.wait(60)
+        backend.close()
+
+    holder = threading.Thread(target=hold_a_transaction)
+    holder.start()
+    try:
+        assert opened.wait(60)
+        reader = SQLiteBackend({"filename": backend.filename})
+        [(still_open, seen)] = _run_forked(_report_inherited, reader, workers=1, count=1)
+    finally:
+        finish.set()
+        holder.join(60)
+    assert len(still_open) >= 3  # the holder's, the main thread's and the reader's
+    assert all(still_open)
+    assert seen is NO_VALUE  # not committed yet when the child looked
+    assert backend.get_serialized("held") == b"parent"  # committed by the parent after
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
 def test_no_lost_updates_across_processes(backend: SQLiteBackend) -> None:
     done = _run_forked(_increment, backend, workers=3, count=50)
