@@ -19,7 +19,7 @@ servers:
 	sh tools/ensure-servers.sh
 
 run: $(STAMP)
-	$(PY) -m kvs.demo --config-file $(CONFIG)
+	$(VENV)/bin/kvs --config-file $(CONFIG) demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kvs tests benchmarks
