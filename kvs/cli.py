@@ -268,9 +268,16 @@ class Session:
 
     # -- output -------------------------------------------------------------
 
-    def emit(self, data: Any, text: str) -> None:
-        """Print ``data`` as JSON or ``text``, depending on --format."""
-        self.write(to_json(data) if self.json else text)
+    def emit(self, data: Any, text: str, stream: bool = False) -> None:
+        """Print ``data`` as JSON or ``text``, depending on --format.
+
+        ``stream``: one of several events of a long-running command, printed as
+        one line of JSON each (JSON Lines).
+        """
+        if self.json:
+            self.write(to_json(data, indent=None if stream else 2))
+        else:
+            self.write(text)
 
     def write(self, text: str) -> None:
         self.stdout.write(text + "\n")
@@ -445,12 +452,12 @@ def cmd_lock(session: Session) -> int:
                  "fence": lock.fence, "lock_timeout": lease, "hold": hold},
                 table(["store", "key", "token", "fence", "hold"],
                       [[name, key, lock.token, lock.fence,
-                        "until Ctrl-C" if hold is None else f"{hold:g} s"]]))
+                        "until Ctrl-C" if hold is None else f"{hold:g} s"]]), stream=True)
             _hold(lock, hold, stop)
         finally:
             lock.release()
     session.emit({"event": "released", "store": name, "key": key, "fence": lock.fence},
-                 f"released lease fence {lock.fence} on {key!r} in store {name!r}")
+                 f"released lease fence {lock.fence} on {key!r} in store {name!r}", stream=True)
     return EXIT_OK
 
 
@@ -809,9 +816,16 @@ def _format_in(argv: Sequence[str]) -> str:
     return "table"
 
 
-def default_config_files() -> list[str] | None:
-    """``etc/kvs.conf`` when run from a checkout, else None (oslo's search path)."""
-    return [CHECKOUT_CONFIG] if os.path.isfile(CHECKOUT_CONFIG) else None
+def default_config_files() -> list[str]:
+    """``etc/kvs.conf`` when run from a checkout, else oslo.config's standard search.
+
+    The search is done here because oslo.config looks for both ``<project>.conf``
+    and ``<prog>.conf``: for ``kvs`` they are the same file, which would be read
+    twice (doubling every ``backend_argument``).
+    """
+    if os.path.isfile(CHECKOUT_CONFIG):
+        return [CHECKOUT_CONFIG]
+    return list(dict.fromkeys(cfg.find_config_files(project="kvs", prog="kvs")))
 
 
 class ScrubbingFormatter(logging.Formatter):
