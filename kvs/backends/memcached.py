@@ -496,7 +496,9 @@ class MemcachedBackend(LeaseBackend):
             return []
         safe_keys = [memcached_key(key) for key in keys]
         found: dict[str, bytes] = {}
-        for server, batch in self._group(keys).items():
+        groups = ({self.servers[0]: safe_keys} if len(self.servers) == 1
+                  else self._group(keys))
+        for server, batch in groups.items():
             try:
                 found.update(server.client().get_many(batch))
             except (OSError, MemcacheError) as exc:
