@@ -57,3 +57,41 @@ def hold_lease_forever(config: dict[str, Any], key_prefix: str, key: str, ready:
     ready.put((os.getpid(), lock.token, lock.fence))
     while True:
         time.sleep(60)
+
+
+def count_with_update(config: dict[str, Any], key_prefix: str, times: int) -> int:
+    """``update()`` the key ``counter`` ``times`` times; return how many landed."""
+    store = new_store(config, key_prefix)
+    for _ in range(times):
+        store.update("counter", lambda value: value + 1, default=0)
+    return times
+
+
+def record_intervals(config: dict[str, Any], key_prefix: str, rounds: int, start: Any,
+                     results: Any) -> None:
+    """Wait at ``start`` (a barrier), then ``rounds`` times take the lease and log the time.
+
+    Each entry is (enter_ns, exit_ns, fence, still_valid) on CLOCK_MONOTONIC,
+    which on Linux is one clock for every process of the machine.  The body
+    does a read-modify-write of ``counter`` under the lease, so a second
+    holder inside the interval would also show up as a lost increment.
+    """
+    store = new_store(config, key_prefix)
+    entries = []
+    try:
+        start.wait(120)
+        for _ in range(rounds):
+            with store.get_lock("counter") as lock:
+                entered = time.monotonic_ns()
+                try:
+                    value = store.get("counter")
+                except kvs.exception.NotFound:
+                    value = 0
+                time.sleep(0.002)
+                store.set("counter", value + 1, lock=lock)
+                left = time.monotonic_ns()
+                entries.append((entered, left, lock.fence, not lock.expired))
+        results.put((os.getpid(), entries, None))
+    except BaseException as error:
+        results.put((os.getpid(), entries, repr(error)))
+        raise
