@@ -18,6 +18,7 @@ import pytest
 from pymemcache.client.base import Client
 
 import kvs
+import kvs.testing
 from kvs.backends.memcached import MemcachedBackend
 from kvs.backends.redis import hash_tag
 from tests.functional.fault_support import (
