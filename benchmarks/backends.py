@@ -1,0 +1,150 @@
+"""How each backend is set up for a run: its kvs store, raw client and dogpile region.
+
+A :class:`BackendSetup` is built in the parent process and inherited by forked
+workers, which call its factories again to get their own connections.  A
+backend that cannot run (server missing, backend module missing or failing)
+is kept with ``available = False`` and the reason, so the report can say
+"not available" instead of showing a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kvs
+import kvs.testing
+from benchmarks.baselines import DogpileRegion, RawMemcached, RawMemory, RawRedis, RawSQLite
+from benchmarks.servers import ServerSet
+from benchmarks.subjects import KVSSubject, Subject
+
+#: Backends in the order of every table.
+BACKENDS = ("memory", "sqlite", "redis", "memcached")
+
+
+@dataclasses.dataclass
+class BackendSetup:
+    """Everything needed to measure one backend, in this process or a forked worker."""
+
+    name: str
+    kvs_config: dict[str, Any]
+    raw_factory: Callable[[], Subject] | None
+    dogpile_factory: Callable[[], Subject] | None
+    #: Data lives in one process: concurrency uses threads, not processes.
+    process_local: bool = False
+    available: bool = True
+    reason: str | None = None
+    dogpile_missing: str | None = None
+    #: Extra backend arguments for a fresh store of the scaling runs.
+    scratch_config: Callable[[str], dict[str, Any]] | None = None
+
+    def make_store(self, name: str, **overrides: Any) -> kvs.KeyValueStore:
+        """A configured store; an existing one of that name (same process) is reused."""
+        store = kvs.get_key_value_store(name)
+        if not store.is_configured:
+            store.configure(**{**self.kvs_config, **overrides})
+        return store
+
+    def kvs_subject(self, name: str, **overrides: Any) -> KVSSubject:
+        return KVSSubject(self.make_store(name, **overrides))
+
+    def reopen_after_fork(self) -> None:
+        """In a forked worker: forget the parent's stores (and their connections)."""
+        if not self.process_local:
+            kvs.testing.reset_registry()
+
+
+def _shared(factory: Callable[[], Subject]) -> Callable[[], Subject]:
+    """One instance for every caller: threads of one process must share the dict."""
+    instance: list[Subject] = []
+    lock = threading.Lock()
+
+    def get() -> Subject:
+        with lock:
+            if not instance:
+                instance.append(factory())
+            return instance[0]
+
+    return get
+
+
+def _probe(setup: BackendSetup) -> None:
+    """Mark ``setup`` unavailable, with the reason, if a store cannot write and read."""
+    if not setup.available:
+        return
+    try:
+        store = setup.make_store(f"probe-{uuid.uuid4().hex[:8]}")
+        store.set("probe", {"ok": 1})
+        if store.get("probe") != {"ok": 1}:
+            raise RuntimeError("read back a different value")
+    except Exception as exc:  # any failure means: report it, do not measure
+        setup.available = False
+        setup.reason = f"kvs.{setup.name} failed: {type(exc).__name__}: {exc}"
+    if not setup.available:
+        return
+    for factory in (setup.raw_factory, setup.dogpile_factory):
+        if factory is None:
+            continue
+        try:
+            factory()
+        except Exception as exc:
+            setup.available = False
+            setup.reason = f"baseline for {setup.name} failed: {type(exc).__name__}: {exc}"
+
+
+def _unavailable(name: str, reason: str) -> BackendSetup:
+    return BackendSetup(name=name, kvs_config={}, raw_factory=None, dogpile_factory=None,
+                        available=False, reason=reason)
+
+
+def build(servers: ServerSet, workdir: Path, wanted: tuple[str, ...] = BACKENDS
+          ) -> dict[str, BackendSetup]:
+    """Set up every wanted backend; unavailable ones carry their reason."""
+    setups: dict[str, BackendSetup] = {}
+    if "memory" in wanted:
+        setups["memory"] = BackendSetup(
+            name="memory", kvs_config={"backing_store": "kvs.memory"},
+            raw_factory=_shared(RawMemory),
+            dogpile_factory=_shared(lambda: DogpileRegion("dogpile.cache.memory_pickle")),
+            process_local=True)
+    if "sqlite" in wanted:
+        setups["sqlite"] = BackendSetup(
+            name="sqlite",
+            kvs_config={"backing_store": "kvs.sqlite", "filename": str(workdir / "kvs.sqlite3")},
+            raw_factory=lambda: RawSQLite(str(workdir / "raw.sqlite3")),
+            dogpile_factory=None,
+            dogpile_missing="dogpile.cache has no SQLite backend",
+            scratch_config=lambda tag: {"filename": str(workdir / f"{tag}.sqlite3")})
+    if "redis" in wanted:
+        if servers.redis is None:
+            setups["redis"] = _unavailable(
+                "redis", servers.problems.get("redis", "redis-server not started"))
+        else:
+            port = servers.redis.port
+            setups["redis"] = BackendSetup(
+                name="redis", kvs_config={"backing_store": "kvs.redis", "url": servers.redis.url},
+                raw_factory=lambda: RawRedis(port),
+                dogpile_factory=lambda: DogpileRegion("dogpile.cache.redis", {
+                    "host": "127.0.0.1", "port": port, "distributed_lock": True,
+                    "thread_local_lock": False, "lock_timeout": 5}))
+    if "memcached" in wanted:
+        if servers.memcached is None:
+            setups["memcached"] = _unavailable(
+                "memcached", servers.problems.get("memcached", "memcached not started"))
+        else:
+            mc_port = servers.memcached.port
+            setups["memcached"] = BackendSetup(
+                name="memcached",
+                kvs_config={"backing_store": "kvs.memcached",
+                            "servers": [servers.memcached.address]},
+                raw_factory=lambda: RawMemcached(mc_port),
+                dogpile_factory=lambda: DogpileRegion("dogpile.cache.pymemcache", {
+                    "url": f"127.0.0.1:{mc_port}", "distributed_lock": True,
+                    "lock_timeout": 5}))
+    for setup in setups.values():
+        _probe(setup)
+    return setups

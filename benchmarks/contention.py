@@ -1,0 +1,156 @@
+"""Contention: 8 workers incrementing one counter under a lock.
+
+Measured per variant: updates per second, and the lease hand-off latency,
+the idle gap between one holder's critical section and the next holder's:
+
+    hand-off = start of B's critical section - end of A's, A != B
+
+For ``kvs update()`` A's section ends when ``fn`` returns (its fenced write
+and release follow in one round trip, so that round trip is part of the
+gap); for explicit locks it ends just before ``release()``.  Spans come from
+every worker's ``time.monotonic()``, which on Linux is one system-wide clock.
+
+Two correctness counters ride along and are reported, not asserted: lost
+updates (increments made minus the final counter) and overlaps (two
+critical sections running at once); both must be 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.backends import BackendSetup
+from benchmarks.baselines import RawRedis
+from benchmarks.pool import WorkerError, run_workers
+from benchmarks.subjects import Section, Subject
+from benchmarks.timing import percentile
+
+#: Contending workers (processes; threads for the memory backend).
+WORKERS = 8
+#: Lock wait for the contention stores: 8 contenders must never time out.
+LOCK_WAIT_TIMEOUT = 30
+
+
+@dataclasses.dataclass
+class ContentionResult:
+    backend: str
+    variant: str
+    workers: int
+    mode: str
+    updates: int = 0
+    seconds: float = 0.0
+    updates_per_s: float = 0.0
+    handoffs: int = 0
+    handoff_p50_us: float | None = None
+    handoff_p99_us: float | None = None
+    lost_updates: int | None = None
+    overlaps: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContentionResult:
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class Variant:
+    """One way of taking the lock, on one backend."""
+
+    backend: str
+    name: str
+    factory: Callable[[], Subject]
+    method: str  # "update" or "locked_write"
+
+
+def variants_for(setup: BackendSetup, redis_port: int | None) -> list[Variant]:
+    """kvs's two locked paths on ``setup``; on redis also redis-py's Lock."""
+    store_name = f"contend-{setup.name}"
+
+    def kvs_subject() -> Subject:
+        return setup.kvs_subject(store_name, lock_wait_timeout=LOCK_WAIT_TIMEOUT)
+
+    found = [Variant(setup.name, "kvs update()", kvs_subject, "update"),
+             Variant(setup.name, "kvs get_lock+get+set", kvs_subject, "locked_write")]
+    if setup.name == "redis" and redis_port is not None:
+        port = redis_port
+        found += [
+            Variant("redis", "redis-py Lock (sleep=0.1 s, default)",
+                    lambda: RawRedis(port, lock_sleep=0.1), "locked_write"),
+            Variant("redis", "redis-py Lock (sleep=1 ms)",
+                    lambda: RawRedis(port, lock_sleep=0.001), "locked_write"),
+        ]
+    return found
+
+
+def analyse(spans: list[tuple[int, float, float]]) -> tuple[list[float], int]:
+    """Hand-off gaps in µs between different workers, and the count of overlapping sections."""
+    ordered = sorted(spans, key=lambda span: span[1])
+    gaps: list[float] = []
+    overlaps = 0
+    for (worker_a, _, end_a), (worker_b, start_b, _) in itertools.pairwise(ordered):
+        if start_b < end_a:
+            overlaps += 1
+        elif worker_a != worker_b:
+            gaps.append((start_b - end_a) * 1e6)
+    return gaps, overlaps
+
+
+def run_variant(setup: BackendSetup, variant: Variant, duration: float,
+                workers: int = WORKERS) -> ContentionResult:
+    threads = setup.process_local
+    result = ContentionResult(backend=variant.backend, variant=variant.name, workers=workers,
+                              mode="threads" if threads else "processes")
+    key = f"contend:{uuid.uuid4().hex[:8]}"
+    try:
+        variant.factory().set(key, 0)
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
+
+    def prepare() -> Subject:
+        if not threads:
+            setup.reopen_after_fork()
+        subject = variant.factory()
+        subject.get(key)  # connect before the start line
+        return subject
+
+    def body(subject: Subject, deadline: float) -> list[tuple[float, float]]:
+        section = Section()
+        step: Callable[..., None] = getattr(subject, variant.method)
+        while time.monotonic() < deadline:
+            step(key, section)
+        if not threads:
+            subject.close()
+        return section.spans
+
+    try:
+        per_worker = run_workers(workers, threads, prepare, body, duration)
+    except WorkerError as exc:
+        result.error = str(exc)
+        return result
+    spans = [(index, start, end) for index, worker_spans in enumerate(per_worker)
+             for start, end in worker_spans]
+    if not spans:
+        result.error = "no update completed"
+        return result
+    result.updates = len(spans)
+    result.seconds = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
+    result.updates_per_s = result.updates / result.seconds if result.seconds > 0 else 0.0
+    gaps, result.overlaps = analyse(spans)
+    result.handoffs = len(gaps)
+    if gaps:
+        result.handoff_p50_us = percentile(gaps, 0.50)
+        result.handoff_p99_us = percentile(gaps, 0.99)
+    try:
+        result.lost_updates = result.updates - int(variant.factory().get(key))
+    except Exception as exc:
+        result.error = f"final read failed: {type(exc).__name__}: {exc}"
+    return result

@@ -1,0 +1,173 @@
+"""Scaling: cost against store size and value size, throughput against workers.
+
+* Store size: one store grows from 1k to 1M keys (100k in ``--quick``); at
+  each size, get and set of random existing keys are timed.  The cost should
+  stay flat.
+* Value size: get and set of 100 B to 1 MB values, kvs against the raw client.
+* Workers: 1 to 16 workers (processes; threads for memory) each doing get+set
+  of random keys for a fixed time; total operations per second, kvs and raw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks.backends import BackendSetup
+from benchmarks.pool import WorkerError, run_workers
+from benchmarks.subjects import Subject
+from benchmarks.suites import make_value
+from benchmarks.timing import Operation, Settings, Stat, measure
+
+#: Keys written per set_multi while a store grows.
+FILL_BATCH = 1000
+#: Random keys prepared per measurement (operations cycle through them).
+SAMPLE = 4096
+
+
+@dataclasses.dataclass
+class Point:
+    """One measurement of a scaling curve."""
+
+    backend: str
+    series: str  # e.g. "kvs get", "raw set", "kvs get+set"
+    x: float
+    #: µs per op (store and value size) or operations per second (workers).
+    y: float
+    stat: Stat | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["stat"] = None if self.stat is None else self.stat.to_json()
+        data["y"] = self.y if math.isfinite(self.y) else None  # strict JSON has no NaN
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Point:
+        stat = data.get("stat")
+        y = math.nan if data["y"] is None else float(data["y"])
+        return cls(backend=data["backend"], series=data["series"], x=data["x"], y=y,
+                   stat=None if stat is None else Stat.from_json(stat), error=data.get("error"))
+
+
+def _sample_keys(prefix: str, population: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{prefix}{rng.randrange(population)}" for _ in range(SAMPLE)]
+
+
+def _getter(get: Callable[[str], Any], keys: list[str]) -> Operation:
+    count = len(keys)
+    return lambda index: get(keys[index % count])
+
+
+def _setter(set_: Callable[[str, Any], None], keys: list[str], value: Any) -> Operation:
+    count = len(keys)
+    return lambda index: set_(keys[index % count], value)
+
+
+def store_size(setup: BackendSetup, sizes: Sequence[int], settings: Settings,
+               progress: Callable[[], None]) -> list[Point]:
+    """Grow one store through ``sizes`` keys; time get and set at each size."""
+    tag = f"size-{setup.name}-{uuid.uuid4().hex[:6]}"
+    overrides = setup.scratch_config(tag) if setup.scratch_config else {}
+    store = setup.make_store(tag, **overrides)
+    value = make_value(100)
+    points: list[Point] = []
+    filled = 0
+    for size in sizes:
+        try:
+            while filled < size:
+                upper = min(size, filled + FILL_BATCH)
+                store.set_multi({f"n:{index}": value for index in range(filled, upper)})
+                filled = upper
+            stats = measure({
+                "get": _getter(store.get, _sample_keys("n:", size, seed=size)),
+                "set": _setter(store.set, _sample_keys("n:", size, seed=size + 1), value),
+            }, settings)
+            points += [Point(setup.name, f"kvs {op}", size, stat.median_us, stat)
+                       for op, stat in stats.items()]
+        except Exception as exc:
+            points.append(Point(setup.name, "kvs get", size, float("nan"),
+                                error=f"{type(exc).__name__}: {exc}"))
+            progress()
+            break
+        progress()
+    return points
+
+
+def value_size(setup: BackendSetup, subjects: dict[str, Subject], sizes: Sequence[int],
+               settings: Settings, progress: Callable[[], None]) -> list[Point]:
+    """get and set at each value size, kvs and raw interleaved."""
+    points: list[Point] = []
+    for size in sizes:
+        value = make_value(size)
+        variants: dict[str, Operation] = {}
+        try:
+            for role, subject in subjects.items():
+                # Few keys: 1 MB values must not fill the server.
+                keys = [f"vs:{role}:{size}:{index}" for index in range(8)]
+                subject.set_multi(dict.fromkeys(keys, value))
+                variants[f"{role} get"] = _getter(subject.get, keys)
+                variants[f"{role} set"] = _setter(subject.set, keys, value)
+            stats = measure(variants, settings)
+        except Exception as exc:
+            points.append(Point(setup.name, "kvs get", size, float("nan"),
+                                error=f"{type(exc).__name__}: {exc}"))
+            progress()
+            continue
+        points += [Point(setup.name, series, size, stat.median_us, stat)
+                   for series, stat in stats.items()]
+        progress()
+    return points
+
+
+def throughput(setup: BackendSetup, role: str, factory: Callable[[], Subject],
+               workers: int, duration: float) -> Point:
+    """Operations per second of ``workers`` workers doing get+set on random keys."""
+    threads = setup.process_local
+    series = f"{role} get+set"
+    keys = [f"tp:{role}:{index}" for index in range(1000)]
+    value = make_value(100)
+    try:
+        factory().set_multi(dict.fromkeys(keys, value))
+    except Exception as exc:
+        return Point(setup.name, series, workers, float("nan"),
+                     error=f"{type(exc).__name__}: {exc}")
+
+    def prepare() -> Subject:
+        if not threads:
+            setup.reopen_after_fork()
+        subject = factory()
+        subject.get(keys[0])  # connect before the start line
+        return subject
+
+    def body(subject: Subject, deadline: float) -> tuple[int, float]:
+        rng = random.Random()
+        picks = [rng.randrange(len(keys)) for _ in range(SAMPLE)]
+        operations, index = 0, 0
+        began = time.monotonic()
+        while time.monotonic() < deadline:
+            for _ in range(8):
+                key = keys[picks[index % SAMPLE]]
+                subject.get(key)
+                subject.set(key, value)
+                index += 1
+            operations += 16
+        elapsed = time.monotonic() - began
+        if not threads:
+            subject.close()
+        return operations, elapsed
+
+    try:
+        results = run_workers(workers, threads, prepare, body, duration)
+    except WorkerError as exc:
+        return Point(setup.name, series, workers, float("nan"), error=str(exc))
+    total = sum(operations for operations, _ in results)
+    longest = max(elapsed for _, elapsed in results)
+    return Point(setup.name, series, workers, total / longest if longest > 0 else 0.0)

@@ -1,0 +1,58 @@
+"""The performance targets the benchmark checks, from the Redis and memcached issues.
+
+Each target bounds one ratio: kvs's median time divided by a baseline's
+median time for the same operation, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    backend: str
+    #: An operation name of :data:`benchmarks.suites.OPERATIONS`.
+    operation: str
+    #: The baseline role the ratio is taken against: "raw" or "dogpile".
+    against: str
+    limit: float
+    #: True: the ratio must stay strictly below ``limit`` ("faster than").
+    strict: bool = False
+    source: str = ""
+    note: str = ""
+
+    @property
+    def bound(self) -> str:
+        return f"{'<' if self.strict else '<='} {self.limit:.2f}x {self.against}"
+
+    def met(self, ratio: float) -> bool:
+        return ratio < self.limit if self.strict else ratio <= self.limit
+
+
+_REDIS = "issue 3 (Redis)"
+_MEMCACHED = "issue 4 (memcached)"
+
+TARGETS: tuple[Target, ...] = (
+    *(Target("redis", op, "raw", 1.10, source=_REDIS, note="raw redis-py GET/SET + msgpack")
+      for op in ("get 100B", "get 10KB", "set 100B", "set 10KB")),
+    Target("redis", "get_multi 100", "raw", 1.30, source=_REDIS,
+           note="raw MGET + msgpack decoding"),
+    Target("redis", "get_multi 100", "dogpile", 1.00, strict=True, source=_REDIS,
+           note="faster than a plain dogpile.cache.redis region's get_multi"),
+    Target("redis", "set_multi 100", "raw", 1.30, source=_REDIS,
+           note="raw MSET + msgpack encoding"),
+    Target("redis", "update", "raw", 0.60, source=_REDIS,
+           note="redis-py Lock acquire + GET + SET + release"),
+    *(Target("memcached", op, "raw", 1.10, source=_MEMCACHED,
+             note="raw pymemcache get/set + msgpack")
+      for op in ("get 100B", "get 10KB", "set 100B", "set 10KB")),
+    Target("memcached", "get_multi 100", "raw", 1.30, source=_MEMCACHED,
+           note="raw pymemcache get_many + msgpack decoding"),
+)
+
+#: Issue 7: per-op cost "should stay flat" as a store grows 1k -> 1M keys.  The
+#: issue gives no number; this harness reads "flat" as: the largest store's
+#: median within 1.5x of the smallest store's.
+STORE_SIZE_FLATNESS = 1.5
+STORE_SIZE_SOURCE = "issue 7 (flat; 1.5x is this harness's reading)"

@@ -1,0 +1,143 @@
+"""The benchmark harness's report code on tiny synthetic results (no servers, no timing).
+
+Keeps ``make bench`` from rotting between runs: ratios, met/MISSED/not
+available checks, the tables, JSON round trip, markdown and plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from benchmarks import contention, plots, report, suites
+from benchmarks.scaling import Point
+from benchmarks.suites import OperationResult
+from benchmarks.timing import Settings, Stat, measure, paired_ratio, percentile
+
+
+def stat(*samples: float) -> Stat:
+    ordered = sorted(samples)
+    return Stat(median_us=ordered[len(ordered) // 2], min_us=ordered[0], max_us=ordered[-1],
+                rounds=len(samples), ops_per_round=10, samples=list(samples))
+
+
+def synthetic() -> report.RunResults:
+    results = report.RunResults(
+        meta={"mode": "quick", "command": "python -m benchmarks --quick"},
+        backends={"redis": {"available": True, "reason": None,
+                            "subjects": {"kvs": "kvs store", "raw": "redis-py"}},
+                  "memcached": {"available": False,
+                                "reason": "memcached not found on PATH"}})
+    results.operations = [
+        OperationResult("redis", "get 100B", {"kvs": stat(105, 210, 52.5),
+                                              "raw": stat(100, 200, 50)}, {}),
+        OperationResult("redis", "set 100B", {"kvs": stat(150, 300, 75),
+                                              "raw": stat(100, 200, 50)}, {}),
+        OperationResult("redis", "get_multi 100", {"kvs": stat(120, 121, 122),
+                                                   "raw": stat(100, 100, 100),
+                                                   "dogpile": stat(130, 130, 130)}, {}),
+        OperationResult("memcached", "get 100B", {}, {"kvs": "memcached not found on PATH"}),
+    ]
+    results.contention = [
+        contention.ContentionResult("redis", "kvs update()", 8, "processes", updates=100,
+                                    seconds=1.0, updates_per_s=100.0, handoffs=90,
+                                    handoff_p50_us=50.0, handoff_p99_us=90.0, lost_updates=0,
+                                    overlaps=0),
+        contention.ContentionResult("redis", "redis-py Lock (sleep=0.1 s, default)", 8,
+                                    "processes", error="worker 3: boom"),
+    ]
+    results.store_size = [Point("redis", "kvs get", 1_000, 10.0),
+                          Point("redis", "kvs get", 100_000, 12.0),
+                          Point("redis", "kvs set", 1_000, 10.0),
+                          Point("redis", "kvs set", 100_000, 20.0)]
+    results.value_size = [Point("redis", "kvs get", 100, 10.0), Point("redis", "raw get", 100, 8.0),
+                          Point("redis", "kvs get", 10_000, 20.0),
+                          Point("redis", "raw get", 10_000, float("nan"), error="Timeout")]
+    results.workers = [Point("redis", "kvs get+set", 1, 1000.0),
+                       Point("redis", "kvs get+set", 4, 3000.0)]
+    return results
+
+
+def by_metric(checks: list[report.Check]) -> dict[tuple[str, str], report.Check]:
+    return {(check.backend, check.metric): check for check in checks}
+
+
+def test_ratios_are_paired_by_round() -> None:
+    # Load drifts: each kvs round ran next to a baseline round under the same load.
+    assert paired_ratio(stat(10, 100, 12), stat(10, 10, 100)) == pytest.approx(1.0)
+    # Without per-round samples it falls back to the ratio of medians.
+    assert paired_ratio(Stat(30, 20, 40, 3, 1), Stat(20, 10, 30, 3, 1)) == pytest.approx(1.5)
+
+
+def test_targets_met_missed_and_not_available() -> None:
+    checks = by_metric(report.evaluate(synthetic()))
+    assert checks[("redis", "get 100B: kvs/raw")].status == report.MET
+    assert checks[("redis", "get 100B: kvs/raw")].ratio == pytest.approx(1.05)
+    assert checks[("redis", "set 100B: kvs/raw")].status == report.MISSED
+    assert checks[("redis", "get_multi 100: kvs/raw")].status == report.MET
+    # "faster than dogpile" is strict, and 120/130 is faster.
+    assert checks[("redis", "get_multi 100: kvs/dogpile")].status == report.MET
+    # Targets whose rows were not measured are reported, never dropped.
+    assert checks[("redis", "update: kvs/raw")].status == report.NOT_AVAILABLE
+    memcached = checks[("memcached", "get 100B: kvs/raw")]
+    assert memcached.status == report.NOT_AVAILABLE
+    assert "memcached not found on PATH" in memcached.detail
+    # Store size: 10 -> 12 is flat, 10 -> 20 is not.
+    assert checks[("redis", "kvs get at 100k keys")].status == report.MET
+    assert checks[("redis", "kvs set at 100k keys")].status == report.MISSED
+
+
+def test_terminal_and_markdown_show_every_status() -> None:
+    results = synthetic()
+    text = report.terminal_report(results)
+    assert "MISSED" in text and "met" in text and "not available" in text
+    assert "memcached: not available (memcached not found on PATH)" in text
+    assert "error: worker 3: boom" in text
+    markdown = report.markdown_report(results)
+    assert "| redis | set 100B |" in markdown
+    assert "1.50x" in markdown
+    assert "## Targets:" in markdown
+
+
+def test_outputs_round_trip_as_strict_json(tmp_path: Path) -> None:
+    results = synthetic()
+    written = report.write_outputs(results, tmp_path)
+    assert sorted(path.name for path in written) == ["latest.json", "latest.md"]
+    # Strict JSON: a NaN (the errored point) must have become null.
+    data = json.loads((tmp_path / "latest.json").read_text(),
+                      parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+    again = report.RunResults.from_json(data)
+    assert [c.to_json() for c in report.evaluate(again)] == data["checks"]
+    assert again.operations[0].stats["kvs"].samples == [105, 210, 52.5]
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    made = plots.write_plots(synthetic(), tmp_path)
+    assert {path.name for path in made} == {"value_size.png", "workers.png", "store_size.png",
+                                            "ratios.png"}
+    for path in made:
+        assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_handoff_analysis() -> None:
+    spans = [(0, 0.0, 1.0), (1, 1.5, 2.0), (1, 2.1, 3.0), (0, 2.9, 3.5)]
+    gaps, overlaps = contention.analyse(spans)
+    assert gaps == [pytest.approx(0.5e6)]  # 0 -> 1; 1 -> 1 is the same worker
+    assert overlaps == 1  # worker 0 entered at 2.9 while worker 1 held until 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("size", [100, 1_000, 10_000, 100_000])
+def test_values_have_the_requested_size(size: int) -> None:
+    assert abs(len(msgpack.packb(suites.make_value(size), use_bin_type=True)) - size) <= 4
+
+
+def test_measure_interleaves_every_variant() -> None:
+    calls: list[str] = []
+    stats = measure({"a": lambda i: calls.append("a"), "b": lambda i: calls.append("b")},
+                    Settings(rounds=3, round_seconds=0.001, max_ops_per_round=4))
+    assert {name: s.rounds for name, s in stats.items()} == {"a": 3, "b": 3}
+    assert all(len(s.samples) == 3 for s in stats.values())
