@@ -13,11 +13,11 @@ A store is a thin policy layer over one dogpile.cache region:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 from dogpile.cache import exception as dogpile_exception
@@ -122,6 +122,9 @@ class KeyValueStore:
         self._lease_backend: LeaseBackend | None = None
         self._stock: StockLeases | None = None
         self._has_proxies = False
+        #: The backend to call directly: a kvs backend with no proxy in between.
+        self._direct: LeaseBackend | None = None
+        self._key_mangler: Callable[[str], str] = manglers.prefixed(name, None)
 
     def __repr__(self) -> str:
         state = f"backend={self.backend_name}" if self._configured else "unconfigured"
@@ -222,7 +225,8 @@ class KeyValueStore:
                 f"backend {backing_store} rejected its arguments for store {self.name!r}: "
                 f"{type(exc).__name__}", option="backend_argument") from None
 
-        self._region.key_mangler = manglers.prefixed(key_prefix, mangler)
+        self._key_mangler = manglers.prefixed(key_prefix, mangler)
+        self._region.key_mangler = self._key_mangler
         self._region.serializer = codec.dumps
         self._region.deserializer = serializers.checked_loads(codec)
         self.locking = bool(locking)
@@ -237,6 +241,7 @@ class KeyValueStore:
         if isinstance(actual, LeaseBackend):
             self._lease_backend = actual
             self._leases = actual
+            self._direct = None if proxies else actual
         else:
             self._stock = StockLeases(self._region)
             self._leases = self._stock
@@ -259,9 +264,7 @@ class KeyValueStore:
                 f"store {self.name!r} is not configured", store=self.name)
 
     def _mangle(self, key: str) -> str:
-        mangler = self._region.key_mangler
-        assert mangler is not None
-        return mangler(key)
+        return self._key_mangler(key)
 
     def _ttl(self, ttl: float | None) -> float | None:
         if ttl is None:
@@ -273,26 +276,28 @@ class KeyValueStore:
                 f"individual keys", option="ttl")
         return ttl
 
-    @contextlib.contextmanager
-    def _errors(self, key: Any) -> Iterator[None]:
+    def _errors(self, key: Any) -> _NameKeyInErrors:
         """Name the user's key in errors raised below the store."""
-        try:
-            yield
-        except (exception.SerializationError, exception.ValueTooLarge,
-                exception.CorruptValue, exception.TamperedValue) as exc:
-            raise type(exc)(f"key {key!r} in store {self.name!r}: {exc.message}",
-                            key=key, store=self.name) from None
-        except exception.KVSError:
-            raise
-        except (ValueError, UnicodeDecodeError) as exc:
+        return _NameKeyInErrors(self, key)
+
+    def _translate(self, exc: BaseException, key: Any) -> BaseException | None:
+        """The error to raise instead of ``exc`` (None: let ``exc`` through)."""
+        if isinstance(exc, (exception.SerializationError, exception.ValueTooLarge,
+                            exception.CorruptValue, exception.TamperedValue)):
+            return type(exc)(f"key {key!r} in store {self.name!r}: {exc.message}",
+                             key=key, store=self.name)
+        if isinstance(exc, exception.KVSError):
+            return None
+        if isinstance(exc, (ValueError, UnicodeDecodeError)):
             # dogpile's metadata parsing failed: bytes written by someone else.
-            raise exception.CorruptValue(
+            return exception.CorruptValue(
                 f"key {key!r} in store {self.name!r} holds bytes that are not a kvs value "
-                f"({type(exc).__name__})", key=key, store=self.name) from None
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise exception.BackendUnavailable(
+                f"({type(exc).__name__})", key=key, store=self.name)
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return exception.BackendUnavailable(
                 f"backend {self.backend_name} of store {self.name!r} failed: "
-                f"{type(exc).__name__}", store=self.name) from None
+                f"{type(exc).__name__}", store=self.name)
+        return None
 
     def _check_write_lock(self, key: str, lock: KeyValueStoreLock) -> None:
         if not isinstance(lock, KeyValueStoreLock):
@@ -312,13 +317,23 @@ class KeyValueStore:
             f"nothing was written", key=key, store=self.name)
 
     # -- reads --------------------------------------------------------------
+    #
+    # With a kvs backend and no proxy, calls go straight to the backend with
+    # the store's own codec (same wire format as dogpile's region); otherwise
+    # through the region, so that every proxy sees every call.
 
     def get(self, key: str) -> Any:
         """Return the value of ``key``; raise :class:`~kvs.exception.NotFound` if missing."""
         self._require_configured()
         manglers.check_key(key)
+        backend = self._direct
         with self._errors(key):
-            value = self._region.get(key)
+            if backend is None:
+                value = self._region.get(key)
+            else:
+                stored = backend.get_serialized(self._key_mangler(key))
+                value = NO_VALUE if stored is NO_VALUE else \
+                    serializers.unpack(self._serializer, stored)
         if value is NO_VALUE:
             raise exception.NotFound(key, store=self.name)
         return value
@@ -337,12 +352,19 @@ class KeyValueStore:
         keys = [manglers.check_key(key) for key in keys]
         if not keys:
             return []
+        backend = self._direct
         with self._errors(keys[0] if len(keys) == 1 else keys):
-            values = self._region.get_multi(keys)
+            if backend is None:
+                values = list(self._region.get_multi(keys))
+            else:
+                mangle, codec = self._key_mangler, self._serializer
+                stored = backend.get_serialized_multi([mangle(key) for key in keys])
+                values = [NO_VALUE if item is NO_VALUE else serializers.unpack(codec, item)
+                          for item in stored]
         missing = [key for key, value in zip(keys, values) if value is NO_VALUE]
         if missing:
             raise exception.NotFound(missing, store=self.name)
-        return list(values)
+        return values
 
     # -- writes -------------------------------------------------------------
 
@@ -352,15 +374,27 @@ class KeyValueStore:
         self._require_configured()
         manglers.check_key(key)
         ttl = self._ttl(ttl)
-        if lock is None:
-            with self._errors(key), write_options(ttl=ttl):
-                self._region.set(key, value)
-            return
-        self._check_write_lock(key, lock)
-        token = lock.token if lock.enabled and self._lease_backend is not None else None
-        with self._errors(key), write_options(ttl=ttl, token=token) as options:
-            self._region.set(key, value)
-        if options.outcome is Fenced.LEASE_LOST:
+        token = None
+        if lock is not None:
+            self._check_write_lock(key, lock)
+            if lock.enabled and self._lease_backend is not None:
+                token = lock.token
+        backend = self._direct
+        with self._errors(key):
+            if backend is None:
+                with write_options(ttl=ttl, token=token) as options:
+                    self._region.set(key, value)
+                outcome = options.outcome
+            else:
+                mangled = self._key_mangler(key)
+                data = serializers.pack(self._serializer, value)
+                backend.check_size(mangled, data)
+                if token is None:
+                    backend.plain_set(mangled, data, ttl)
+                    return
+                outcome = backend.fenced_set(mangled, data, token, ttl)
+        if outcome is Fenced.LEASE_LOST:
+            assert lock is not None
             raise self._lease_lost(key, lock)
 
     def set_multi(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
@@ -372,36 +406,61 @@ class KeyValueStore:
         if not mapping:
             return
         ttl = self._ttl(ttl)
-        with self._errors(list(mapping)), write_options(ttl=ttl):
-            self._region.set_multi(mapping)
+        backend = self._direct
+        with self._errors(list(mapping)):
+            if backend is None:
+                with write_options(ttl=ttl):
+                    self._region.set_multi(mapping)
+                return
+            encoded = {}
+            for key, value in mapping.items():
+                mangled = self._key_mangler(key)
+                with self._errors(key):  # name the one key that failed
+                    encoded[mangled] = serializers.pack(self._serializer, value)
+                    backend.check_size(mangled, encoded[mangled])
+            backend.plain_set_multi(encoded, ttl)
 
     def delete(self, key: str, lock: KeyValueStoreLock | None = None) -> None:
         """Delete ``key``; raise :class:`~kvs.exception.NotFound` if it does not exist."""
         self._require_configured()
         manglers.check_key(key)
+        token = None
         if lock is not None:
             self._check_write_lock(key, lock)
-        token = None
-        if lock is not None and lock.enabled and self._lease_backend is not None:
-            token = lock.token
+            if lock.enabled and self._lease_backend is not None:
+                token = lock.token
         if self._lease_backend is None:
             # Stock backends do not say whether the key existed: read first.
             self.get(key)
-        with self._errors(key), write_options(token=token) as options:
-            self._region.delete(key)
-        if options.outcome is Fenced.LEASE_LOST:
+        backend = self._direct
+        existed: bool | None = None
+        with self._errors(key):
+            if backend is None:
+                with write_options(token=token) as options:
+                    self._region.delete(key)
+                outcome, existed = options.outcome, options.existed
+            elif token is None:
+                outcome, existed = None, backend.plain_delete(self._key_mangler(key))
+            else:
+                outcome = backend.fenced_delete(self._key_mangler(key), token)
+        if outcome is Fenced.LEASE_LOST:
             assert lock is not None
             raise self._lease_lost(key, lock)
-        if options.outcome is Fenced.MISSING or options.existed is False:
+        if outcome is Fenced.MISSING or existed is False:
             raise exception.NotFound(key, store=self.name)
 
     def delete_multi(self, keys: Iterable[str]) -> None:
         """Delete every key that exists; missing keys are fine.  No lock."""
         self._require_configured()
         keys = [manglers.check_key(key) for key in keys]
-        if keys:
-            with self._errors(keys):
+        if not keys:
+            return
+        backend = self._direct
+        with self._errors(keys):
+            if backend is None:
                 self._region.delete_multi(keys)
+            else:
+                backend.delete_multi([self._key_mangler(key) for key in keys])
 
     # -- locking ------------------------------------------------------------
 
@@ -508,6 +567,31 @@ class KeyValueStore:
         else:
             with self._errors("<ping>"):
                 self._region.get("\x00kvs-ping")
+
+
+class _NameKeyInErrors:
+    """Context manager: re-raise errors from below the store naming the user's key.
+
+    A class rather than a generator-based context manager: it sits on every
+    call's hot path.
+    """
+
+    __slots__ = ("key", "store")
+
+    def __init__(self, store: KeyValueStore, key: Any) -> None:
+        self.store = store
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            return
+        replacement = self.store._translate(exc, self.key)
+        if replacement is not None:
+            raise replacement from None
 
 
 # -- registry ---------------------------------------------------------------

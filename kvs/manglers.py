@@ -26,6 +26,8 @@ def check_key(key: object) -> str:
     Keys are ``str`` and must be valid Unicode (no lone surrogates), because
     every backend stores them, or their hash, as UTF-8.
     """
+    if type(key) is str and key.isascii():
+        return key
     if not isinstance(key, str):
         raise exception.InvalidKey(
             f"keys must be str, not {type(key).__name__}", key=repr(key)[:80])
@@ -37,9 +39,34 @@ def check_key(key: object) -> str:
     return key
 
 
+#: Keys longer than this are mangled every time rather than remembered.
+CACHED_KEY_LENGTH = 256
+#: Mangled keys remembered per store; the cache is simply emptied when full.
+CACHE_SIZE = 4096
+
+
 def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
-    """Build the region's mangler: ``prefix:`` + ``mangler(key)``."""
+    """Build the region's mangler: ``prefix:`` + ``mangler(key)``.
+
+    Hashing costs about as much as a memory-backend read, and services read
+    the same keys again and again, so short keys' results are remembered.
+    Manglers must therefore be pure functions of the key.
+    """
     head = f"{prefix}:" if prefix else ""
     if mangler is None:
         return lambda key: head + key
-    return lambda key: head + mangler(key)
+    remembered: dict[str, str] = {}
+
+    def mangle(key: str) -> str:
+        try:
+            return remembered[key]
+        except KeyError:
+            pass
+        mangled = head + mangler(key)
+        if len(key) <= CACHED_KEY_LENGTH:
+            if len(remembered) >= CACHE_SIZE:
+                remembered.clear()  # a race here only costs a recomputation
+            remembered[key] = mangled
+        return mangled
+
+    return mangle

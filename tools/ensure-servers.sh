@@ -5,7 +5,6 @@
 set -e
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
-command -v redis-sentinel >/dev/null 2>&1 || missing="$missing redis-sentinel"
 command -v memcached >/dev/null 2>&1 || missing="$missing memcached"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 [ -z "$missing" ] && exit 0
