@@ -1,13 +1,18 @@
 """Helpers for the tests of applications that use kvs (like oslo.cache's).
 
 ``isolated_stores()`` gives a clean registry for the block and restores the
-previous one afterwards; ``memory_store()`` a configured in-memory store.  Both
-work as plain context managers and from pytest fixtures::
+previous one afterwards.  ``memory_store()`` gives a configured in-memory store;
+``fakeredis_store()`` a ``kvs.redis`` store on fakeredis with Lua, so leases and
+fenced writes run the very scripts they run on Redis, with no server.  All work
+as plain context managers and from pytest fixtures::
 
     @pytest.fixture
     def store():
-        with kvs.testing.memory_store("sessions") as store:
+        with kvs.testing.fakeredis_store("sessions") as store:
             yield store
+
+Each call starts from an empty registry and (for fakeredis) an empty server,
+so tests never see each other's data.
 """
 
 from __future__ import annotations
@@ -45,3 +50,20 @@ def memory_store(name: str = "test", **configure_args: Any) -> Iterator[core.Key
         store = core.get_key_value_store(name)
         store.configure("kvs.memory", **configure_args)
         yield store
+
+
+@contextlib.contextmanager
+def fakeredis_store(name: str = "test", **configure_args: Any) -> Iterator[core.KeyValueStore]:
+    """A configured ``kvs.redis`` store on a fresh fakeredis server (needs fakeredis[lua])."""
+    try:
+        import fakeredis
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise RuntimeError("kvs.testing.fakeredis_store needs 'fakeredis[lua]'") from None
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        with isolated_stores():
+            store = core.get_key_value_store(name)
+            store.configure("kvs.redis", client=client, **configure_args)
+            yield store
+    finally:
+        client.close()
