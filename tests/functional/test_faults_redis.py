@@ -244,10 +244,11 @@ def test_lost_update_reply_leaves_no_lease(via_proxy: kvs.KeyValueStore, proxy: 
 
 def test_stalled_write_arriving_after_the_lease_is_refused(
         proxy: FaultProxy, direct: kvs.KeyValueStore, prefix: str) -> None:
-    # The holder's view of a 0.4 s lease is 0.3 s; the server keeps it 0.5 s.
-    holder = new_store(config_for(proxy.address, lock_timeout=0.4, socket_timeout=5), prefix)
+    # The holder's view of a 2 s lease is 1.5 s (time enough to send its write
+    # on a loaded machine); the server keeps it 2.5 s.
+    holder = new_store(config_for(proxy.address, lock_timeout=2, socket_timeout=10), prefix)
     lock = holder.get_lock("k").acquire()
-    proxy.delay_requests(1.5)  # the write reaches the server 1.5 s after it was sent
+    proxy.delay_requests(3.5)  # the write reaches the server 3.5 s after it was sent
     outcome: queue.Queue[BaseException | None] = queue.Queue()
 
     def stale_write() -> None:
@@ -259,7 +260,7 @@ def test_stalled_write_arriving_after_the_lease_is_refused(
 
     writer = threading.Thread(target=stale_write)
     writer.start()
-    with direct.get_lock("k") as other:  # waits out the 0.5 s server-side lease
+    with direct.get_lock("k") as other:  # waits out the 2.5 s server-side lease
         direct.set("k", "fresh", lock=other)
         writer.join(10)
         assert not writer.is_alive()
@@ -272,7 +273,7 @@ def test_stalled_write_arriving_after_the_lease_is_refused(
 
 def test_blackhole_longer_than_the_lease(proxy: FaultProxy, direct: kvs.KeyValueStore,
                                          prefix: str) -> None:
-    holder = new_store(config_for(proxy.address, lock_timeout=0.8), prefix)
+    holder = new_store(config_for(proxy.address, lock_timeout=2), prefix)
     lock = holder.get_lock("k").acquire()
     holder.set("k", "mine", lock=lock)
     proxy.blackhole()
@@ -281,7 +282,7 @@ def test_blackhole_longer_than_the_lease(proxy: FaultProxy, direct: kvs.KeyValue
         holder.set("k", "partitioned", lock=lock)
     assert_unavailable(error, proxy.address)
     assert "timed out" in str(error.value)
-    with returns_within(1.0 + HANG_SLACK), direct.get_lock("k") as other:
+    with returns_within(2.5 + HANG_SLACK), direct.get_lock("k") as other:
         direct.set("k", "other", lock=other)
     proxy.forward()
     with pytest.raises(exception.LockTimeout):
