@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= etc/kvs.conf
 
-.PHONY: run test lint typecheck unit functional bench bench-quick servers sample-config clean
+.PHONY: run test lint typecheck unit functional bench bench-quick soak servers sample-config clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench: $(STAMP) servers
 
 bench-quick: $(STAMP) servers
 	$(PY) -m benchmarks --quick
+
+soak: $(STAMP) servers
+	$(PY) -m benchmarks.soak
 
 sample-config: $(STAMP)
 	$(VENV)/bin/oslo-config-generator --namespace kvs --namespace kvs.provider --output-file etc/kvs.conf.sample
