@@ -472,7 +472,12 @@ return #KEYS
             reason = reason.replace(secret, "***")
         if isinstance(exc, redis.exceptions.AuthenticationError) or "WRONGPASS" in reason \
                 or "NOAUTH" in reason:
-            user = self.options.get("username") or "default"
+            url_user = None
+            if self.options.get("url"):
+                from urllib.parse import unquote, urlsplit
+
+                url_user = unquote(urlsplit(str(self.options["url"])).username or "") or None
+            user = self.options.get("username") or url_user or "default"
             what = f"authentication as user {user!r} failed"
         elif isinstance(exc, redis.exceptions.TimeoutError):
             what = "timed out"
