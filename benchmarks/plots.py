@@ -82,7 +82,7 @@ def workers(results: RunResults, path: Path) -> Path | None:
     axes.set_xscale("log", base=2)
     axes.set_xticks(sorted({p.x for p in results.workers}))
     axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axes.set_ylim(bottom=0)
+    axes.set_yscale("log")  # memory's raw dict is 100x the networked backends
     axes.set_xlabel("workers (processes; threads for memory)")
     axes.set_ylabel("operations per second (get + set)")
     axes.set_title("Throughput vs concurrency")

@@ -115,6 +115,8 @@ def _check_target(results: RunResults, target: Target) -> Check:
 
 
 def _flatness_checks(results: RunResults) -> list[Check]:
+    """Largest store against the smallest: the paired ratio to the reference store if
+    the points carry one, else the ratio of the two medians."""
     checks = []
     series: dict[tuple[str, str], list[Point]] = {}
     for point in results.store_size:
@@ -125,20 +127,26 @@ def _flatness_checks(results: RunResults) -> list[Check]:
         small, large = points[0], points[-1]
         if len(points) < 2 or small.y <= 0:
             continue
-        value = large.y / small.y
+        if large.relative is not None and small.relative is not None and small.relative > 0:
+            value = large.relative / small.relative
+            how = "paired with a 1k-key reference store"
+        else:
+            value = large.y / small.y
+            how = "ratio of medians"
         bound = f"<= {STORE_SIZE_FLATNESS:.2f}x at {_keys(small.x)}"
         status = MET if value <= STORE_SIZE_FLATNESS else MISSED
         checks.append(Check(backend, f"{name} at {_keys(large.x)} keys", bound, value, status,
                             STORE_SIZE_SOURCE,
-                            f"{small.y:.1f} -> {large.y:.1f} µs/op"))
+                            f"{small.y:.1f} -> {large.y:.1f} µs/op; {how}"))
     return checks
 
 
 def evaluate(results: RunResults) -> list[Check]:
     """Every target checked: met, MISSED, or not available (with the reason)."""
     wanted = set(results.backends) if results.backends else None
+    # A run without the ops phase (--phases) has no rows to check, only nothing to say.
     checks = [_check_target(results, target) for target in TARGETS
-              if wanted is None or target.backend in wanted]
+              if results.operations and (wanted is None or target.backend in wanted)]
     return checks + _flatness_checks(results)
 
 
@@ -219,7 +227,9 @@ def contention_rows(results: RunResults) -> list[list[str]]:
 def check_rows(checks: Iterable[Check]) -> list[list[str]]:
     rows = [["backend", "metric", "bound", "ratio", "status", "source"]]
     for c in checks:
-        rows.append([c.backend, c.metric, c.bound, _x(c.ratio),
+        # Three decimals: 1.103x must not print as a "1.10x" next to MISSED.
+        shown = "-" if c.ratio is None else f"{c.ratio:.3f}x"
+        rows.append([c.backend, c.metric, c.bound, shown,
                      c.status if c.status != NOT_AVAILABLE else f"{c.status}: {c.detail}",
                      c.source])
     return rows

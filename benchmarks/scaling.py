@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import kvs
 from benchmarks.backends import BackendSetup
 from benchmarks.pool import WorkerError, run_workers
 from benchmarks.subjects import Subject
 from benchmarks.suites import make_value
-from benchmarks.timing import Operation, Settings, Stat, measure
+from benchmarks.timing import Operation, Settings, Stat, measure, paired_ratio
 
 #: Keys written per set_multi while a store grows.
 FILL_BATCH = 1000
@@ -41,6 +42,8 @@ class Point:
     y: float
     stat: Stat | None = None
     error: str | None = None
+    #: Store size only: cost relative to a small reference store timed in the same rounds.
+    relative: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -53,7 +56,8 @@ class Point:
         stat = data.get("stat")
         y = math.nan if data["y"] is None else float(data["y"])
         return cls(backend=data["backend"], series=data["series"], x=data["x"], y=y,
-                   stat=None if stat is None else Stat.from_json(stat), error=data.get("error"))
+                   stat=None if stat is None else Stat.from_json(stat), error=data.get("error"),
+                   relative=data.get("relative"))
 
 
 def _sample_keys(prefix: str, population: int, seed: int) -> list[str]:
@@ -71,27 +75,48 @@ def _setter(set_: Callable[[str, Any], None], keys: list[str], value: Any) -> Op
     return lambda index: set_(keys[index % count], value)
 
 
+def _fill(store: kvs.KeyValueStore, start: int, stop: int, value: Any) -> None:
+    for lower in range(start, stop, FILL_BATCH):
+        upper = min(stop, lower + FILL_BATCH)
+        store.set_multi({f"n:{index}": value for index in range(lower, upper)})
+
+
+def _scratch_store(setup: BackendSetup, tag: str) -> kvs.KeyValueStore:
+    overrides = setup.scratch_config(tag) if setup.scratch_config else {}
+    return setup.make_store(tag, **overrides)
+
+
 def store_size(setup: BackendSetup, sizes: Sequence[int], settings: Settings,
                progress: Callable[[], None]) -> list[Point]:
-    """Grow one store through ``sizes`` keys; time get and set at each size."""
+    """Grow one store through ``sizes`` keys; time get and set at each size.
+
+    A second store that stays at the smallest size is timed in the same
+    interleaved rounds, and each point carries its cost relative to that
+    reference (``relative``): comparing points measured minutes apart on a
+    busy machine would measure the machine, not the store.
+    """
     tag = f"size-{setup.name}-{uuid.uuid4().hex[:6]}"
-    overrides = setup.scratch_config(tag) if setup.scratch_config else {}
-    store = setup.make_store(tag, **overrides)
+    store = _scratch_store(setup, tag)
+    reference = _scratch_store(setup, tag + "-ref")
     value = make_value(100)
+    _fill(reference, 0, sizes[0], value)
+    reference_reads = _sample_keys("n:", sizes[0], seed=1)
+    reference_writes = _sample_keys("n:", sizes[0], seed=2)
     points: list[Point] = []
     filled = 0
     for size in sizes:
         try:
-            while filled < size:
-                upper = min(size, filled + FILL_BATCH)
-                store.set_multi({f"n:{index}": value for index in range(filled, upper)})
-                filled = upper
+            _fill(store, filled, size, value)
+            filled = size
             stats = measure({
                 "get": _getter(store.get, _sample_keys("n:", size, seed=size)),
                 "set": _setter(store.set, _sample_keys("n:", size, seed=size + 1), value),
+                "ref get": _getter(reference.get, reference_reads),
+                "ref set": _setter(reference.set, reference_writes, value),
             }, settings)
-            points += [Point(setup.name, f"kvs {op}", size, stat.median_us, stat)
-                       for op, stat in stats.items()]
+            points += [Point(setup.name, f"kvs {op}", size, stats[op].median_us, stats[op],
+                             relative=paired_ratio(stats[op], stats[f"ref {op}"]))
+                       for op in ("get", "set")]
         except Exception as exc:
             points.append(Point(setup.name, "kvs get", size, float("nan"),
                                 error=f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,137 @@
+"""Where the time of one kvs operation goes: ``python -m benchmarks.profile_ops``.
+
+For a missed target, this splits one operation into layers, timed
+interleaved like the main run:
+
+``raw``      the raw client with msgpack (the baseline of the targets);
+``backend``  the kvs backend's own call with an already-mangled key and
+             already-encoded bytes (what kvs sends over the wire);
+``kvs``      the public ``KeyValueStore`` call.
+
+``kvs - backend`` is the cost of the store layer (key checks, mangling,
+encoding, the metadata header, error naming); ``backend - raw`` that of the
+backend module (key layout, scripts, error translation) plus the wire format.
+Then a cProfile of the kvs call lists the functions that take the time.
+
+    python -m benchmarks.profile_ops --backend redis --op get_multi
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dogpile.cache.api import NoValue
+
+from benchmarks import backends
+from benchmarks.servers import ServerSet
+from benchmarks.suites import make_value
+from benchmarks.timing import Operation, Settings, measure, paired_ratio
+from kvs import serializers
+from kvs.backends.base import LeaseBackend
+
+OPERATIONS = ("get", "set", "get_multi", "set_multi", "update")
+
+
+def layers(setup: backends.BackendSetup, operation: str) -> tuple[dict[str, Operation], Operation]:
+    """The three layered callables of ``operation``, and the kvs one alone."""
+    store = setup.make_store(f"prof-{uuid.uuid4().hex[:6]}")
+    backend = store.region.actual_backend
+    assert isinstance(backend, LeaseBackend)
+    assert setup.raw_factory is not None
+    raw = setup.raw_factory()
+    codec = serializers.get_serializer(serializers.DEFAULT_SERIALIZER)
+    value = make_value(100)
+    data = serializers.pack(codec, value)
+    keys = [f"p:{index}" for index in range(100)]
+    mangled = [store._mangle(key) for key in keys]
+    raw_keys = [f"raw:{key}" for key in keys]
+    store.set_multi(dict.fromkeys(keys, value))
+    raw.set_multi(dict.fromkeys(raw_keys, value))
+    store.set("counter", 0)
+    raw.set("raw:counter", 0)
+    mangled_counter = store._mangle("counter")
+
+    def backend_update(index: int) -> Any:
+        token = uuid.uuid4().hex
+        _, stored = backend.acquire_lease_and_get(mangled_counter, token, 5.0)
+        if isinstance(stored, NoValue):
+            raise RuntimeError("the counter vanished")
+        count = serializers.unpack(codec, stored)
+        return backend.fenced_set_and_release(
+            mangled_counter, serializers.pack(codec, count + 1), token, None)
+
+    table: dict[str, dict[str, Operation]] = {
+        "get": {"raw": lambda i: raw.get(raw_keys[i % 100]),
+                "backend": lambda i: backend.get_serialized(mangled[i % 100]),
+                "kvs": lambda i: store.get(keys[i % 100])},
+        "set": {"raw": lambda i: raw.set(raw_keys[i % 100], value),
+                "backend": lambda i: backend.plain_set(mangled[i % 100], data, None),
+                "kvs": lambda i: store.set(keys[i % 100], value)},
+        "get_multi": {"raw": lambda i: raw.get_multi(raw_keys),
+                      "backend": lambda i: backend.get_serialized_multi(mangled),
+                      "kvs": lambda i: store.get_multi(keys)},
+        "set_multi": {"raw": lambda i: raw.set_multi(dict.fromkeys(raw_keys, value)),
+                      "backend": lambda i: backend.plain_set_multi(
+                          dict.fromkeys(mangled, data), None),
+                      "kvs": lambda i: store.set_multi(dict.fromkeys(keys, value))},
+        "update": {"raw": lambda i: raw.update("raw:counter"),
+                   "backend": backend_update,
+                   "kvs": lambda i: store.update("counter", lambda n: n + 1)},
+    }
+    return table[operation], table[operation]["kvs"]
+
+
+def profile(operation: Operation, calls: int, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for index in range(calls):
+        operation(index)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return "\n".join(line for line in out.getvalue().splitlines() if line.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_ops",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="redis", choices=backends.BACKENDS)
+    parser.add_argument("--op", action="append", choices=OPERATIONS,
+                        help="operation to split (repeatable; default: all)")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=2000, help="calls under cProfile")
+    parser.add_argument("--top", type=int, default=15, help="functions shown per profile")
+    args = parser.parse_args(argv)
+    with ServerSet() as servers:
+        workdir = Path(servers.root) / "data"
+        workdir.mkdir()
+        setup = backends.build(servers, workdir, (args.backend,))[args.backend]
+        if not setup.available:
+            print(f"{args.backend}: not available ({setup.reason})")
+            return 1
+        for operation in args.op or OPERATIONS:
+            variants, kvs_call = layers(setup, operation)
+            stats = measure(variants, Settings(rounds=args.rounds, round_seconds=0.03))
+            raw, backend, kvs = stats["raw"], stats["backend"], stats["kvs"]
+            print(f"== {args.backend} {operation}: µs per call (median of {args.rounds} rounds)")
+            print(f"   raw {raw.median_us:9.1f}   backend {backend.median_us:9.1f}   "
+                  f"kvs {kvs.median_us:9.1f}")
+            print(f"   kvs/raw {paired_ratio(kvs, raw):.3f}x   "
+                  f"store layer (kvs - backend) {kvs.median_us - backend.median_us:+.1f} µs   "
+                  f"backend module (backend - raw) {backend.median_us - raw.median_us:+.1f} µs")
+            calls = args.calls // (20 if operation.endswith("multi") else 1)
+            print(profile(kvs_call, calls, args.top))
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
