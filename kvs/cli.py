@@ -453,7 +453,11 @@ def cmd_lock(session: Session) -> int:
                 table(["store", "key", "token", "fence", "hold"],
                       [[name, key, lock.token, lock.fence,
                         "until Ctrl-C" if hold is None else f"{hold:g} s"]]), stream=True)
-            _hold(lock, hold, stop)
+            try:
+                _hold(lock, hold, stop)
+            except exception.LockTimeout:
+                raise Failure(f"lost the lease on key {key!r} in store {name!r}: it was "
+                              f"broken or taken over (fence {lock.fence})", EXIT_LOCKED) from None
         finally:
             lock.release()
     session.emit({"event": "released", "store": name, "key": key, "fence": lock.fence},
@@ -474,7 +478,9 @@ def _hold(lock: Any, hold: float | None, stop: threading.Event) -> None:
         waits = [w for w in (None if deadline is None else deadline - now,
                              None if renew_every is None else renewed + renew_every - now)
                  if w is not None]
-        if stop.wait(max(0.0, min(waits)) if waits else None):
+        # Wake at least once a second even with nothing to do: a bounded wait
+        # keeps the signal handlers responsive everywhere.
+        if stop.wait(max(0.0, min([*waits, 1.0]))):
             return
         now = time.monotonic()
         if renew_every is not None and now - renewed >= renew_every:
@@ -729,8 +735,8 @@ def cmd_bench(session: Session) -> int:
                 elapsed += time.perf_counter() - began
                 bar.update(len(chunk))
             results.append({"operation": label, "calls": count,
-                            "us_per_op": elapsed / count * 1e6,
-                            "ops_per_s": count / elapsed if elapsed > 0 else None})
+                            "us_per_op": round(elapsed / count * 1e6, 2),
+                            "ops_per_s": round(count / elapsed, 1) if elapsed > 0 else None})
     finally:
         bar.close()
         store.delete_multi([*keys, counter])

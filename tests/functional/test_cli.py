@@ -490,6 +490,16 @@ def test_watch_table_filter_timeout_and_ctrl_c(kvs: Kvs, running: list[Running])
     assert "declares no endpoints" in one_error_line(undeclared)
 
 
+def test_watch_sample_runs_scheduled_logging(kvs: Kvs) -> None:
+    # A fresh store has no broadcast baseline: the first scheduled sample goes out.
+    result = kvs("--format", "json", "watch", "prices", "peaches", "--sample", "--count", "1",
+                 "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    event = json.loads(result.stdout)
+    assert (event["endpoint"], event["value_raw"], event["value_cal"], event["reason"]) == \
+        ("peaches", 0.75, 2.25, "first")
+
+
 # -- check, bench, demo ------------------------------------------------------------
 
 def test_check_passes_on_a_good_config(kvs: Kvs) -> None:
