@@ -641,17 +641,19 @@ def check(session: Session) -> tuple[list[dict[str, Any]], list[str]]:
     for name in names:
         row: dict[str, Any] = {"store": name, "backend": None, "ok": False, "problem": None}
         rows.append(row)
+        group = kvs_conf.STORE_GROUP_PREFIX + name
         try:
+            row["backend"] = conf[group].backend
             # What loader.configure_stores() does, one store at a time, so
             # one broken section does not hide the others' problems.
             kwargs = loader.store_arguments(conf, name)
-            row["backend"] = kwargs["backing_store"]
             store = core.get_key_value_store(
                 name, kvs_region=make_region(name=f"{conf.kvs.config_prefix}.{name}"))
             if not store.is_configured:
                 store.configure(**kwargs)
         except exception.KVSError as error:
-            row["problem"] = f"[{kvs_conf.STORE_GROUP_PREFIX}{name}] {error.message}"
+            where = "" if error.context.get("section") else f"[{group}] "
+            row["problem"] = f"{where}{error.message}"
             continue
         configured[name] = store
         problem = _ping(store)

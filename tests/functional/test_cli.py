@@ -192,6 +192,12 @@ def kvs(request: pytest.FixtureRequest, tmp_path: Path) -> Kvs:
     return Kvs(tmp_path, stores_config(tmp_path, backend))
 
 
+@pytest.fixture
+def sqlite_kvs(tmp_path: Path) -> Kvs:
+    return Kvs(tmp_path, stores_config(tmp_path, SQLITE_BACKEND.format(
+        filename=tmp_path / "db.sqlite3")))
+
+
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     """The stderr of a failed command: exactly one line, starting with ``kvs:``."""
     lines = result.stderr.strip().splitlines()
@@ -293,6 +299,30 @@ def test_errors_are_one_line_with_documented_status(kvs: Kvs, tmp_path: Path) ->
     assert debug.returncode == 2
     assert "Traceback" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1].startswith("kvs: unknown store")
+
+
+def test_help_lists_every_command(sqlite_kvs: Kvs) -> None:
+    result = sqlite_kvs("--help")
+    assert result.returncode == 0
+    for name in ("stores", "get", "set", "delete", "lock", "unlock", "endpoints", "watch",
+                 "check", "bench", "demo"):
+        assert name in result.stdout
+    sub = sqlite_kvs("set", "--help")
+    assert sub.returncode == 0
+    assert "--ttl" in sub.stdout and "--locked" in sub.stdout
+
+
+def test_check_section_problems_name_their_section(tmp_path: Path) -> None:
+    config = write_config(tmp_path, """\
+        [store:badarg]
+        backend = kvs.sqlite
+        backend_argument = colour:blue
+        """)
+    result = Kvs(tmp_path, config)("check")
+    assert result.returncode == 1
+    assert "[store:badarg]" in one_error_line(result)
+    assert "colour" in result.stderr
+    assert "blue" not in result.stderr
 
 
 # -- lock and unlock -------------------------------------------------------------
