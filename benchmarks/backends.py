@@ -41,6 +41,9 @@ class BackendSetup:
     dogpile_missing: str | None = None
     #: Extra backend arguments for a fresh store of the scaling runs.
     scratch_config: Callable[[str], dict[str, Any]] | None = None
+    #: A raw-client store of its own (by tag) for the store-size run; on a
+    #: server, its keys carry the tag instead.
+    raw_scratch: Callable[[str], Subject] | None = None
 
     def make_store(self, name: str, **overrides: Any) -> kvs.KeyValueStore:
         """A configured store; an existing one of that name (same process) is reused."""
@@ -110,7 +113,8 @@ def build(servers: ServerSet, workdir: Path, wanted: tuple[str, ...] = BACKENDS
             name="memory", kvs_config={"backing_store": "kvs.memory"},
             raw_factory=_shared(RawMemory),
             dogpile_factory=_shared(lambda: DogpileRegion("dogpile.cache.memory_pickle")),
-            process_local=True)
+            process_local=True,
+            raw_scratch=lambda tag: RawMemory())
     if "sqlite" in wanted:
         setups["sqlite"] = BackendSetup(
             name="sqlite",
@@ -118,7 +122,8 @@ def build(servers: ServerSet, workdir: Path, wanted: tuple[str, ...] = BACKENDS
             raw_factory=lambda: RawSQLite(str(workdir / "raw.sqlite3")),
             dogpile_factory=None,
             dogpile_missing="dogpile.cache has no SQLite backend",
-            scratch_config=lambda tag: {"filename": str(workdir / f"{tag}.sqlite3")})
+            scratch_config=lambda tag: {"filename": str(workdir / f"{tag}.sqlite3")},
+            raw_scratch=lambda tag: RawSQLite(str(workdir / f"raw-{tag}.sqlite3")))
     if "redis" in wanted:
         if servers.redis is None:
             setups["redis"] = _unavailable(
@@ -128,6 +133,7 @@ def build(servers: ServerSet, workdir: Path, wanted: tuple[str, ...] = BACKENDS
             setups["redis"] = BackendSetup(
                 name="redis", kvs_config={"backing_store": "kvs.redis", "url": servers.redis.url},
                 raw_factory=lambda: RawRedis(port),
+                raw_scratch=lambda tag: RawRedis(port),
                 dogpile_factory=lambda: DogpileRegion("dogpile.cache.redis", {
                     "host": "127.0.0.1", "port": port, "distributed_lock": True,
                     "thread_local_lock": False, "lock_timeout": 5}))
@@ -142,6 +148,7 @@ def build(servers: ServerSet, workdir: Path, wanted: tuple[str, ...] = BACKENDS
                 kvs_config={"backing_store": "kvs.memcached",
                             "servers": [servers.memcached.address]},
                 raw_factory=lambda: RawMemcached(mc_port),
+                raw_scratch=lambda tag: RawMemcached(mc_port),
                 dogpile_factory=lambda: DogpileRegion("dogpile.cache.pymemcache", {
                     "url": f"127.0.0.1:{mc_port}", "distributed_lock": True,
                     "lock_timeout": 5}))

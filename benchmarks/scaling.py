@@ -1,8 +1,8 @@
 """Scaling: cost against store size and value size, throughput against workers.
 
-* Store size: one store grows from 1k to 1M keys (100k in ``--quick``); at
-  each size, get and set of random existing keys are timed.  The cost should
-  stay flat.
+* Store size: a kvs store and a raw-client store grow from 1k to 1M keys
+  (100k in ``--quick``); at each size, get and set of random existing keys
+  are timed.  The cost should stay flat.
 * Value size: get and set of 100 B to 1 MB values, kvs against the raw client.
 * Workers: 1 to 16 workers (processes; threads for memory) each doing get+set
   of random keys for a fixed time; total operations per second, kvs and raw.
@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import kvs
 from benchmarks.backends import BackendSetup
 from benchmarks.pool import WorkerError, run_workers
 from benchmarks.subjects import Subject
@@ -75,54 +74,68 @@ def _setter(set_: Callable[[str, Any], None], keys: list[str], value: Any) -> Op
     return lambda index: set_(keys[index % count], value)
 
 
-def _fill(store: kvs.KeyValueStore, start: int, stop: int, value: Any) -> None:
+def _fill(subject: Subject, prefix: str, start: int, stop: int, value: Any) -> None:
     for lower in range(start, stop, FILL_BATCH):
         upper = min(stop, lower + FILL_BATCH)
-        store.set_multi({f"n:{index}": value for index in range(lower, upper)})
+        subject.set_multi({f"{prefix}{index}": value for index in range(lower, upper)})
 
 
-def _scratch_store(setup: BackendSetup, tag: str) -> kvs.KeyValueStore:
+def _scratch_kvs(setup: BackendSetup, tag: str) -> Subject:
     overrides = setup.scratch_config(tag) if setup.scratch_config else {}
-    return setup.make_store(tag, **overrides)
+    return setup.kvs_subject(tag, **overrides)
 
 
 def store_size(setup: BackendSetup, sizes: Sequence[int], settings: Settings,
                progress: Callable[[], None]) -> list[Point]:
-    """Grow one store through ``sizes`` keys; time get and set at each size.
+    """Grow a store through ``sizes`` keys; time get and set at each size.
 
-    A second store that stays at the smallest size is timed in the same
-    interleaved rounds, and each point carries its cost relative to that
-    reference (``relative``): comparing points measured minutes apart on a
-    busy machine would measure the machine, not the store.
+    The kvs store grows alongside a raw-client store (when the backend has an
+    isolated one, ``raw_scratch``), so a growth that the storage itself shows
+    can be told from one kvs adds.  Each of them has a reference that stays at
+    the smallest size and is timed in the same interleaved rounds; each point
+    carries its cost relative to its reference (``relative``), since points
+    measured minutes apart on a busy machine would measure the machine.
     """
     tag = f"size-{setup.name}-{uuid.uuid4().hex[:6]}"
-    store = _scratch_store(setup, tag)
-    reference = _scratch_store(setup, tag + "-ref")
     value = make_value(100)
-    _fill(reference, 0, sizes[0], value)
-    reference_reads = _sample_keys("n:", sizes[0], seed=1)
-    reference_writes = _sample_keys("n:", sizes[0], seed=2)
+    growing: dict[str, tuple[Subject, Subject, str]] = {
+        "kvs": (_scratch_kvs(setup, tag), _scratch_kvs(setup, tag + "-ref"), "n:")}
+    if setup.raw_scratch is not None:
+        growing["raw"] = (setup.raw_scratch(tag), setup.raw_scratch(tag + "-ref"),
+                          f"{tag}:n:")
+    for _, reference, prefix in growing.values():
+        _fill(reference, prefix, 0, sizes[0], value)
     points: list[Point] = []
     filled = 0
     for size in sizes:
         try:
-            _fill(store, filled, size, value)
+            variants: dict[str, Operation] = {}
+            for role, (subject, reference, prefix) in growing.items():
+                _fill(subject, prefix, filled, size, value)
+                variants[f"{role} get"] = _getter(
+                    subject.get, _sample_keys(prefix, size, seed=size))
+                variants[f"{role} set"] = _setter(
+                    subject.set, _sample_keys(prefix, size, seed=size + 1), value)
+                variants[f"{role} ref get"] = _getter(
+                    reference.get, _sample_keys(prefix, sizes[0], seed=1))
+                variants[f"{role} ref set"] = _setter(
+                    reference.set, _sample_keys(prefix, sizes[0], seed=2), value)
             filled = size
-            stats = measure({
-                "get": _getter(store.get, _sample_keys("n:", size, seed=size)),
-                "set": _setter(store.set, _sample_keys("n:", size, seed=size + 1), value),
-                "ref get": _getter(reference.get, reference_reads),
-                "ref set": _setter(reference.set, reference_writes, value),
-            }, settings)
-            points += [Point(setup.name, f"kvs {op}", size, stats[op].median_us, stats[op],
-                             relative=paired_ratio(stats[op], stats[f"ref {op}"]))
-                       for op in ("get", "set")]
+            stats = measure(variants, settings)
+            points += [Point(setup.name, f"{role} {op}", size, stats[f"{role} {op}"].median_us,
+                             stats[f"{role} {op}"],
+                             relative=paired_ratio(stats[f"{role} {op}"],
+                                                   stats[f"{role} ref {op}"]))
+                       for role in growing for op in ("get", "set")]
         except Exception as exc:
             points.append(Point(setup.name, "kvs get", size, float("nan"),
                                 error=f"{type(exc).__name__}: {exc}"))
             progress()
             break
         progress()
+    for subject, reference, _ in growing.values():
+        subject.close()
+        reference.close()
     return points
 
 
