@@ -244,18 +244,28 @@ class Session:
 
     @property
     def stores(self) -> dict[str, core.KeyValueStore]:
-        """Every configured store (configured on first use), providers included."""
+        """Every configured store (configured on first use)."""
         if self._stores is None:
-            quiet_providers(self.conf)
-            stores = loader.configure_stores(self.conf)
-            self._providers = configure_providers(self.conf, stores)
-            self._stores = stores
+            loader.register_extra_backends(self.conf)
+            self._stores = {name: configure_store(self.conf, name)
+                            for name in loader.store_names(self.conf)}
         return self._stores
 
-    @property
-    def providers(self) -> dict[str, Any]:
-        self.stores  # noqa: B018  (configures them)
-        return self._providers
+    def declared(self, name: str) -> list[str]:
+        """The endpoints ``[store:<name>]`` declares, from the configuration alone."""
+        from kvs.provider import options as provider_options
+
+        return provider_options.declared_endpoints(self.conf, name)
+
+    def provider(self, name: str) -> Any:
+        """The provider of store ``name`` (built on first use), or None if it declares
+        no endpoints.  Only this store's provider is built, so a declared store whose
+        backend is down does not stop commands on the others."""
+        store = self.store(name)
+        if name not in self._providers:
+            self._providers[name] = (provider_for(self.conf, name, store)
+                                     if self.declared(name) else None)
+        return self._providers[name]
 
     def store(self, name: str) -> core.KeyValueStore:
         stores = self.stores
@@ -289,10 +299,35 @@ class Session:
         self.stderr.flush()
 
     def close(self) -> None:
-        if self._providers:
+        if any(found is not None for found in self._providers.values()):
             from kvs import provider
 
             provider.reset_providers()
+
+
+def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
+    """``[store:<name>]`` configured as :func:`kvs.configure_stores` does it, alone.
+
+    The command configures stores one by one, and builds a store's provider
+    only when a command needs it (:meth:`Session.provider`): ``configure_stores``
+    builds every provider at once, which writes initial values and so fails
+    every command while any declared store's backend is down.
+    """
+    group = kvs_conf.STORE_GROUP_PREFIX + name
+    kwargs = loader.store_arguments(conf, name)
+    store = core.get_key_value_store(
+        name, kvs_region=make_region(name=f"{conf.kvs.config_prefix}.{name}"))
+    if store.is_configured:
+        return store
+    try:
+        store.configure(**kwargs)
+    except exception.ConfigurationError as error:
+        if error.context.get("section"):
+            raise
+        raise exception.ConfigurationError(
+            f"[{group}] {error.message}", option=error.context.get("option"),
+            section=group) from None
+    return store
 
 
 def quiet_providers(conf: cfg.ConfigOpts) -> None:
@@ -304,16 +339,29 @@ def quiet_providers(conf: cfg.ConfigOpts) -> None:
         conf.set_override("autostart_logging", False, group=provider_options.store_group(name))
 
 
-def configure_providers(conf: cfg.ConfigOpts, stores: dict[str, core.KeyValueStore]
-                        ) -> dict[str, Any]:
-    """The declared-store providers of ``stores`` (built here unless the loader did)."""
+class _OtherStoresFilter(logging.Filter):
+    """Drops the provider's "section belongs to no configured store" warnings, which
+    a provider built for one store of several would print for the others."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "belongs to no configured store" not in str(record.msg)
+
+
+def provider_for(conf: cfg.ConfigOpts, name: str, store: core.KeyValueStore) -> Any:
+    """The provider of one store: the loader's if it built one, else built here."""
     from kvs import provider
 
-    built = {name: found for name, found in provider.registered_providers().items()
-             if name in stores and found.store is stores[name]}
-    if not built:
-        built = provider.configure_providers(conf, stores)
-    return dict(built)
+    found = provider.registered_providers().get(name)
+    if found is not None and found.store is store:
+        return found
+    quiet_providers(conf)
+    quiet = _OtherStoresFilter()
+    logger = logging.getLogger(provider.__name__)
+    logger.addFilter(quiet)
+    try:
+        return provider.configure_providers(conf, {name: store}).get(name)
+    finally:
+        logger.removeFilter(quiet)
 
 
 # -- commands --------------------------------------------------------------------
@@ -331,10 +379,8 @@ def cmd_stores(session: Session) -> int:
     rows = []
     for name, store in sorted(session.stores.items()):
         problem = _ping(store)
-        found = session.providers.get(name)
         rows.append({"store": name, "backend": store.backend_name,
-                     "reachable": problem is None,
-                     "endpoints": len(found.list_endpoints()) if found is not None else 0,
+                     "reachable": problem is None, "endpoints": len(session.declared(name)),
                      **({"error": session.scrub(problem)} if problem else {})})
     session.emit(rows, table(["store", "backend", "reachable", "endpoints"],
                              [[row["store"], row["backend"], row["reachable"], row["endpoints"]]
@@ -353,9 +399,8 @@ def cmd_get(session: Session) -> int:
 
 def _declared(session: Session, store: str, key: str) -> Any:
     """The provider of ``store`` when ``key`` is one of its declared endpoints, else None."""
-    found = session.providers.get(store)
-    if found is not None and key in found.list_endpoints():
-        return found
+    if key in session.declared(store):
+        return session.provider(store)
     return None
 
 
@@ -528,8 +573,7 @@ def cmd_unlock(session: Session) -> int:
 
 
 def _provider_of(session: Session, name: str) -> Any:
-    session.store(name)
-    found = session.providers.get(name)
+    found = session.provider(name)
     if found is None:
         raise Failure(f"store {name!r} declares no endpoints", EXIT_FAILED)
     return found
@@ -540,7 +584,7 @@ def cmd_endpoints(session: Session) -> int:
 
     name = session.arg("store")
     store = session.store(name)
-    found = session.providers.get(name)
+    found = session.provider(name)
     if found is None:
         session.emit({"store": name, "locked": False, "sampler": False, "endpoints": []},
                      f"store {name!r} declares no endpoints")
@@ -636,7 +680,6 @@ def check(session: Session) -> tuple[list[dict[str, Any]], list[str]]:
         loader.register_extra_backends(conf)
     except exception.KVSError as error:
         problems.append(error.message)
-    quiet_providers(conf)
     configured: dict[str, core.KeyValueStore] = {}
     for name in names:
         row: dict[str, Any] = {"store": name, "backend": None, "ok": False, "problem": None}
@@ -644,13 +687,8 @@ def check(session: Session) -> tuple[list[dict[str, Any]], list[str]]:
         group = kvs_conf.STORE_GROUP_PREFIX + name
         try:
             row["backend"] = conf[group].backend
-            # What loader.configure_stores() does, one store at a time, so
-            # one broken section does not hide the others' problems.
-            kwargs = loader.store_arguments(conf, name)
-            store = core.get_key_value_store(
-                name, kvs_region=make_region(name=f"{conf.kvs.config_prefix}.{name}"))
-            if not store.is_configured:
-                store.configure(**kwargs)
+            # One store at a time: one broken section does not hide the others.
+            store = configure_store(conf, name)
         except exception.KVSError as error:
             where = "" if error.context.get("section") else f"[{group}] "
             row["problem"] = f"{where}{error.message}"
@@ -662,15 +700,35 @@ def check(session: Session) -> tuple[list[dict[str, Any]], list[str]]:
         else:
             row["ok"] = True
     problems += [row["problem"] for row in rows if row["problem"]]
-    try:
-        configure_providers(conf, configured)
-    except exception.KVSError as error:
-        problems.append(error.message)
-    session._providers = {}
-    from kvs import provider
-
-    provider.reset_providers()
+    problems += check_declarations(conf, configured)
     return rows, [session.scrub(problem) for problem in problems]
+
+
+def check_declarations(conf: cfg.ConfigOpts, stores: dict[str, core.KeyValueStore]
+                       ) -> list[str]:
+    """Problems in the endpoint declarations of ``stores``, read without building
+    providers (which would write initial values)."""
+    from kvs.provider import options as provider_options
+
+    problems: list[str] = []
+    declared: dict[str, list[str]] = {}
+    for name in stores:
+        try:
+            declared[name] = provider_options.declared_endpoints(conf, name)
+            for endpoint in declared[name]:
+                provider_options.read_endpoint_spec(conf, name, endpoint)
+        except exception.KVSError as error:
+            problems.append(error.message)
+    for section in provider_options.stray_endpoint_sections(conf, declared):
+        problems.append(f"section [{section}] configures an endpoint its store does not "
+                        f"declare in its endpoints option")
+    known = loader.store_names(conf)
+    for section in conf.list_all_sections():
+        address = section.partition(provider_options.ENDPOINT_GROUP_PREFIX)[2]
+        if section.startswith(provider_options.ENDPOINT_GROUP_PREFIX) and not any(
+                address.startswith(name + ".") for name in known):
+            problems.append(f"section [{section}] belongs to no [store:NAME] section")
+    return problems
 
 
 def cmd_check(session: Session) -> int:

@@ -312,6 +312,58 @@ def test_help_lists_every_command(sqlite_kvs: Kvs) -> None:
     assert "--ttl" in sub.stdout and "--locked" in sub.stdout
 
 
+def test_a_declared_store_that_is_down_does_not_stop_the_others(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""\
+        [store:local]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'local.sqlite3'}
+
+        [store:remote]
+        backend = kvs.redis
+        backend_argument = url:unix://{tmp_path / 'no.sock'}
+        endpoints = level
+
+        [endpoint:remote.level]
+        initial_value = 1
+        """)
+    kvs = Kvs(tmp_path, config)
+    assert kvs.json("stores") == [
+        {"store": "local", "backend": "kvs.sqlite", "reachable": True, "endpoints": 0},
+        {"store": "remote", "backend": "kvs.redis", "reachable": False, "endpoints": 1,
+         "error": kvs.json("stores")[1]["error"]},
+    ]
+    assert kvs("set", "local", "k", "1").returncode == 0
+    assert kvs.json("get", "local", "k")["value"] == 1
+    down = kvs("endpoints", "remote")
+    assert down.returncode == 3
+    one_error_line(down)
+
+
+def test_check_reports_endpoint_declaration_problems(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""\
+        [store:local]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'local.sqlite3'}
+        endpoints = level
+
+        [endpoint:local.level]
+        calibration = import os
+
+        [endpoint:local.stray]
+        initial_value = 1
+
+        [endpoint:ghost.level]
+        initial_value = 1
+        """)
+    result = Kvs(tmp_path, config)("check")
+    assert result.returncode == 1
+    problems = result.stderr.strip().splitlines()
+    assert len(problems) == 3, result.stderr
+    assert any("[endpoint:local.level]" in line for line in problems)
+    assert any("[endpoint:local.stray]" in line for line in problems)
+    assert any("[endpoint:ghost.level]" in line for line in problems)
+
+
 def test_check_section_problems_name_their_section(tmp_path: Path) -> None:
     config = write_config(tmp_path, """\
         [store:badarg]
