@@ -1,0 +1,209 @@
+"""The ``kvs`` command: operate any configured store from a shell.
+
+``kvs [--config-file FILE] [--config-dir DIR] [--format table|json] [--debug] COMMAND ...``
+
+Options and sub-commands are oslo.config CLI options (a ``SubCommandOpt``, as
+in ``keystone-manage``).  Without ``--config-file`` the command reads
+``etc/kvs.conf`` when run from a checkout, else oslo.config's standard search
+path for project ``kvs`` (``~/.kvs/kvs.conf``, ``~/kvs.conf``,
+``/etc/kvs/kvs.conf``, ``/etc/kvs.conf``).
+
+Exit statuses (see :data:`EXIT_STATUSES`): 0 success; 1 not found, a failed
+check or a declined confirmation; 2 usage or configuration error (unknown
+store, missing config file); 3 backend unavailable; 4 lease held by another
+holder (or lost), or endpoint locked out; 130 interrupted.  Errors are one
+line on stderr; ``--debug`` adds the traceback.  Nothing printed contains a
+secret of the configuration (see :class:`kvs.cli.output.Scrubber`).
+
+Modules: :mod:`~kvs.cli.parsers` (the command line), :mod:`~kvs.cli.session`
+(configuration, stores, output, exit statuses), one module per group of
+commands (:mod:`~kvs.cli.data`, :mod:`~kvs.cli.leases`,
+:mod:`~kvs.cli.declared`, :mod:`~kvs.cli.health`) and :mod:`~kvs.cli.output`
+(tables, JSON, secret scrubbing).  This module runs a command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from oslo_config import cfg
+
+from kvs import exception, loader
+from kvs.cli.data import cmd_delete, cmd_get, cmd_set, cmd_stores
+from kvs.cli.declared import cmd_endpoints, cmd_watch
+from kvs.cli.health import cmd_bench, cmd_check, cmd_demo
+from kvs.cli.leases import cmd_lock, cmd_unlock
+from kvs.cli.output import Scrubber, to_json
+from kvs.cli.parsers import COMMAND_NAMES, cli_opts
+from kvs.cli.session import (
+    CHECKOUT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_STATUSES,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Failure,
+    Session,
+)
+
+__all__ = ["COMMANDS", "EXIT_STATUSES", "main"]
+
+COMMANDS: dict[str, Callable[[Session], int]] = {
+    "stores": cmd_stores, "get": cmd_get, "set": cmd_set, "delete": cmd_delete,
+    "lock": cmd_lock, "unlock": cmd_unlock, "endpoints": cmd_endpoints, "watch": cmd_watch,
+    "check": cmd_check, "bench": cmd_bench, "demo": cmd_demo,
+}
+
+
+def status_of(error: BaseException) -> int:
+    """The exit status for an error a command raised."""
+    if isinstance(error, Failure):
+        return error.status
+    if isinstance(error, exception.BackendUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, (exception.LockTimeout, exception.Locked)):
+        return EXIT_LOCKED
+    if isinstance(error, (exception.ConfigurationError, exception.InvalidKey,
+                          exception.NotConfigured, exception.AlreadyConfigured,
+                          exception.SerializationError, exception.ValueTooLarge)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv``, found without parsing (for load errors)."""
+    takes_value = {"--config-file", "--config-dir", "--format"}
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in takes_value:
+            skip = True
+        elif not item.startswith("-"):
+            return item if item in COMMAND_NAMES else None
+    return None
+
+
+def _format_in(argv: Sequence[str]) -> str:
+    """The --format named in ``argv`` (for output before the arguments are parsed)."""
+    for index, item in enumerate(argv):
+        if item == "--format" and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith("--format="):
+            return item.partition("=")[2]
+    return "table"
+
+
+def default_config_files() -> list[str]:
+    """``etc/kvs.conf`` when run from a checkout, else oslo.config's standard search.
+
+    The search is done here because oslo.config looks for both ``<project>.conf``
+    and ``<prog>.conf``: for ``kvs`` they are the same file, which would be read
+    twice (doubling every ``backend_argument``).
+    """
+    if os.path.isfile(CHECKOUT_CONFIG):
+        return [CHECKOUT_CONFIG]
+    return list(dict.fromkeys(cfg.find_config_files(project="kvs", prog="kvs")))
+
+
+class ScrubbingFormatter(logging.Formatter):
+    def __init__(self, scrub: Scrubber) -> None:
+        super().__init__("kvs: %(levelname)s: %(message)s")
+        self._scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return self._scrub(super().format(record))
+
+
+def _setup_logging(debug: bool, scrub: Scrubber, stderr: TextIO) -> logging.Handler:
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(ScrubbingFormatter(scrub))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("kvs").setLevel(logging.DEBUG if debug else logging.WARNING)
+    return handler
+
+
+def load(conf: cfg.ConfigOpts, argv: Sequence[str], stderr: TextIO) -> int | None:
+    """Parse ``argv`` and the config files into ``conf``; an exit status if that ends the run.
+
+    argparse prints usage and a message itself and exits; its output is
+    captured so that a usage error stays one line.
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            loader.load_config(default_config_files(), args=argv, conf=conf)
+    except SystemExit as exit_:
+        text = captured.getvalue()
+        code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+        if code == EXIT_OK:
+            stderr.write(text)
+            return EXIT_OK
+        lines = [line for line in text.splitlines() if line.strip()]
+        stderr.write((lines[-1] if lines else "kvs: invalid arguments") + "\n")
+        return EXIT_USAGE
+    stderr.write(captured.getvalue())
+    return None
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    """Run the ``kvs`` command; return its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    stdin = stdin or sys.stdin
+    scrub = Scrubber()
+    debug = "--debug" in args
+    handler = _setup_logging(debug, scrub, stderr)
+    conf = cfg.ConfigOpts()
+    conf.register_cli_opts(cli_opts())
+    session: Session | None = None
+    try:
+        try:
+            ended = load(conf, args, stderr)
+        except exception.ConfigurationError as error:
+            if _command_in(args) != "check":
+                raise
+            # check reports a config that does not load as its one problem.
+            if _format_in(args) == "json":
+                stdout.write(to_json({"ok": False, "problems": [scrub(error.message)]}) + "\n")
+            raise Failure(error.message, EXIT_FAILED) from None
+        if ended is not None:
+            return ended
+        scrub.add_from_config(conf)
+        session = Session(conf, scrub, stdout, stderr, stdin)
+        debug = debug or bool(session.arg("sub_debug"))
+        return COMMANDS[session.command](session)
+    except KeyboardInterrupt:
+        stderr.write("kvs: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (kvs watch | head): stop quietly.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        return EXIT_OK
+    except Exception as error:  # one line per error, no traceback unless --debug
+        if debug:
+            stderr.write(scrub(traceback.format_exc()))
+        message = error.message if isinstance(error, exception.KVSError) else str(error)
+        if not isinstance(error, (exception.KVSError, Failure)):
+            message = f"unexpected {type(error).__name__}: {message}"
+        stderr.write(f"kvs: {scrub(message)}\n")
+        stderr.flush()
+        return status_of(error)
+    finally:
+        if session is not None:
+            session.close()
+        logging.getLogger().removeHandler(handler)

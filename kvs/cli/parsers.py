@@ -1,0 +1,127 @@
+"""The command line: oslo.config CLI options and one argparse sub-parser per command."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from oslo_config import cfg
+
+from kvs.cli.session import FORMATS
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    # Also accepted after the command (kvs get demo k --format json); separate
+    # dests, because a sub-parser's defaults overwrite the main parser's values.
+    parser.add_argument("--format", dest="sub_format", choices=FORMATS, default=None,
+                        help="output format (default: table)")
+    parser.add_argument("--debug", dest="sub_debug", action="store_true", default=False,
+                        help="show tracebacks and debug logs")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def add_command_parsers(subparsers: Any) -> None:
+    """The sub-command handler of the ``command`` SubCommandOpt."""
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=help_text, description=help_text)
+        _common(parser)
+        return parser
+
+    add("stores", "list configured stores: backend, reachable, declared endpoints")
+
+    parser = add("get", "print the value of a key (exit 1 if missing)")
+    parser.add_argument("store")
+    parser.add_argument("key")
+
+    parser = add("set", "store a value (JSON, else plain text)")
+    parser.add_argument("store")
+    parser.add_argument("key")
+    parser.add_argument("value", help="JSON (42, 1.5, true, null, [1], {\"a\": 1}, \"text\") "
+                                      "or plain text")
+    parser.add_argument("--ttl", type=_seconds, default=None,
+                        help="seconds until the value expires")
+    parser.add_argument("--locked", action="store_true",
+                        help="write under a lease (a fenced write)")
+    parser.add_argument("--wait", type=_seconds, default=0.0,
+                        help="seconds to wait for the lease with --locked (default 0)")
+    parser.add_argument("--lockout-key", default=None,
+                        help="lockout key of a locked-out declared endpoint")
+
+    parser = add("delete", "delete a key (exit 1 if missing)")
+    parser.add_argument("store")
+    parser.add_argument("key")
+
+    parser = add("lock", "take a lease on a key, print its token and fence, hold it")
+    parser.add_argument("store")
+    parser.add_argument("key")
+    parser.add_argument("--hold", type=_seconds, default=None,
+                        help="seconds to hold the lease (default: until Ctrl-C)")
+    parser.add_argument("--wait", type=_seconds, default=0.0,
+                        help="seconds to wait for a lease held by another (default 0)")
+
+    parser = add("unlock", "show a key's lease; break it with --force")
+    parser.add_argument("store")
+    parser.add_argument("key")
+    parser.add_argument("--force", action="store_true", help="break the lease")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    parser = add("endpoints", "declared endpoints: values, lockout and logging status")
+    parser.add_argument("store")
+
+    parser = add("watch", "print change broadcasts as they arrive, until Ctrl-C")
+    parser.add_argument("store")
+    parser.add_argument("endpoints", nargs="*", metavar="ENDPOINT",
+                        help="endpoints to watch (default: all)")
+    parser.add_argument("--count", type=_positive_int, default=None,
+                        help="stop after this many events")
+    parser.add_argument("--timeout", type=_seconds, default=None,
+                        help="stop after this many seconds without an event")
+    parser.add_argument("--sample", action="store_true",
+                        help="also run scheduled logging in this process while watching")
+
+    add("check", "validate the configuration and ping every store's backend")
+
+    parser = add("bench", "short benchmark of get, set, get_multi and update")
+    parser.add_argument("store")
+    parser.add_argument("--count", type=_positive_int, default=1000,
+                        help="calls per operation (default 1000)")
+    parser.add_argument("--batch", type=_positive_int, default=10,
+                        help="keys per get_multi call (default 10)")
+
+    parser = add("demo", "the demo of `make run`: 4 processes, one counter, no lost update")
+    parser.add_argument("--store", default="demo", help="store to use (default: demo)")
+
+
+def cli_opts() -> list[cfg.Opt]:
+    """The options of the ``kvs`` command (besides oslo's --config-file/--config-dir)."""
+    return [
+        cfg.StrOpt("format", default="table", choices=FORMATS,
+                   help="Output format: a readable table, or JSON for scripts."),
+        cfg.BoolOpt("debug", default=False, help="Show tracebacks and debug logs."),
+        cfg.SubCommandOpt("command", title="commands", handler=add_command_parsers,
+                          help="kvs COMMAND --help shows a command's options"),
+    ]
+
+
+COMMAND_NAMES = ("stores", "get", "set", "delete", "lock", "unlock", "endpoints", "watch",
+                 "check", "bench", "demo")

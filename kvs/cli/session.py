@@ -1,0 +1,236 @@
+"""What every command shares: exit statuses, the session (configuration, stores,
+providers, output) and signal handling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from dogpile.cache import make_region
+from oslo_config import cfg
+
+from kvs import conf as kvs_conf
+from kvs import core, exception, loader
+from kvs.cli.output import Scrubber, to_json
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 130
+
+EXIT_STATUSES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "key or endpoint not found, a check failed, or a confirmation was declined",
+    EXIT_USAGE: "usage or configuration error (bad arguments, missing or invalid config "
+                "file, unknown store)",
+    EXIT_UNAVAILABLE: "backend unavailable",
+    EXIT_LOCKED: "lease held by another holder (or lost), or endpoint locked out",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+#: The config file used when none is given and the command runs from a checkout.
+
+#: The config file used when none is given and the command runs from a checkout.
+CHECKOUT_CONFIG = os.path.join("etc", "kvs.conf")
+
+FORMATS = ("table", "json")
+
+
+class Failure(Exception):
+    """A command ends with ``status`` after printing ``message`` on stderr."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Session:
+    """One run of the command: its configuration, stores and output streams."""
+
+    def __init__(self, conf: cfg.ConfigOpts, scrub: Scrubber, stdout: TextIO,
+                 stderr: TextIO, stdin: TextIO) -> None:
+        self.conf = conf
+        self.scrub = scrub
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdin = stdin
+        self._stores: dict[str, core.KeyValueStore] | None = None
+        self._providers: dict[str, Any] = {}
+
+    # -- arguments ----------------------------------------------------------
+
+    @property
+    def command(self) -> str:
+        return str(self.conf.command.name)
+
+    def arg(self, name: str) -> Any:
+        return getattr(self.conf.command, name)
+
+    @property
+    def format(self) -> str:
+        return str(self.arg("sub_format") or self.conf.format)
+
+    @property
+    def json(self) -> bool:
+        return self.format == "json"
+
+    # -- configuration ------------------------------------------------------
+
+    @property
+    def config_files(self) -> list[str]:
+        """The config files read, in order, including those of --config-dir."""
+        files = [path for path in (self.conf.config_file or []) if os.path.exists(path)]
+        for directory in self.conf.config_dir or []:
+            if os.path.isdir(directory):
+                files += sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                                if name.endswith(".conf"))
+        return files
+
+    def _where(self) -> str:
+        files = self.config_files
+        return f"config files: {', '.join(files)}" if files else "no config file found"
+
+    @property
+    def stores(self) -> dict[str, core.KeyValueStore]:
+        """Every configured store (configured on first use)."""
+        if self._stores is None:
+            loader.register_extra_backends(self.conf)
+            self._stores = {name: configure_store(self.conf, name)
+                            for name in loader.store_names(self.conf)}
+        return self._stores
+
+    def declared(self, name: str) -> list[str]:
+        """The endpoints ``[store:<name>]`` declares, from the configuration alone."""
+        from kvs.provider import options as provider_options
+
+        return provider_options.declared_endpoints(self.conf, name)
+
+    def provider(self, name: str) -> Any:
+        """The provider of store ``name`` (built on first use), or None if it declares
+        no endpoints.  Only this store's provider is built, so a declared store whose
+        backend is down does not stop commands on the others."""
+        store = self.store(name)
+        if name not in self._providers:
+            self._providers[name] = (provider_for(self.conf, name, store)
+                                     if self.declared(name) else None)
+        return self._providers[name]
+
+    def store(self, name: str) -> core.KeyValueStore:
+        stores = self.stores
+        if name not in stores:
+            known = ", ".join(sorted(stores)) or "none"
+            raise exception.ConfigurationError(
+                f"unknown store {name!r} (configured stores: {known}; {self._where()})",
+                option="store")
+        return stores[name]
+
+    # -- output -------------------------------------------------------------
+
+    def emit(self, data: Any, text: str, stream: bool = False) -> None:
+        """Print ``data`` as JSON or ``text``, depending on --format.
+
+        ``stream``: one of several events of a long-running command, printed as
+        one line of JSON each (JSON Lines).
+        """
+        if self.json:
+            self.write(to_json(data, indent=None if stream else 2))
+        else:
+            self.write(text)
+
+    def write(self, text: str) -> None:
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def note(self, text: str) -> None:
+        """One line on stderr (never secret-bearing, but scrubbed anyway)."""
+        self.stderr.write(self.scrub(text) + "\n")
+        self.stderr.flush()
+
+    def close(self) -> None:
+        if any(found is not None for found in self._providers.values()):
+            from kvs import provider
+
+            provider.reset_providers()
+
+
+def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
+    """``[store:<name>]`` configured as :func:`kvs.configure_stores` does it, alone.
+
+    The command configures stores one by one, and builds a store's provider
+    only when a command needs it (:meth:`Session.provider`): ``configure_stores``
+    builds every provider at once, which writes initial values and so fails
+    every command while any declared store's backend is down.
+    """
+    group = kvs_conf.STORE_GROUP_PREFIX + name
+    kwargs = loader.store_arguments(conf, name)
+    store = core.get_key_value_store(
+        name, kvs_region=make_region(name=f"{conf.kvs.config_prefix}.{name}"))
+    if store.is_configured:
+        return store
+    try:
+        store.configure(**kwargs)
+    except exception.ConfigurationError as error:
+        if error.context.get("section"):
+            raise
+        raise exception.ConfigurationError(
+            f"[{group}] {error.message}", option=error.context.get("option"),
+            section=group) from None
+    return store
+
+
+def quiet_providers(conf: cfg.ConfigOpts) -> None:
+    """Keep ``autostart_logging`` from starting samplers in a short-lived command."""
+    from kvs.provider import options as provider_options
+
+    for name in loader.store_names(conf):
+        provider_options.register_store_opts(conf, name)
+        conf.set_override("autostart_logging", False, group=provider_options.store_group(name))
+
+
+class _OtherStoresFilter(logging.Filter):
+    """Drops the provider's "section belongs to no configured store" warnings, which
+    a provider built for one store of several would print for the others."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "belongs to no configured store" not in str(record.msg)
+
+
+def provider_for(conf: cfg.ConfigOpts, name: str, store: core.KeyValueStore) -> Any:
+    """The provider of one store: the loader's if it built one, else built here."""
+    from kvs import provider
+
+    found = provider.registered_providers().get(name)
+    if found is not None and found.store is store:
+        return found
+    quiet_providers(conf)
+    quiet = _OtherStoresFilter()
+    logger = logging.getLogger(provider.__name__)
+    logger.addFilter(quiet)
+    try:
+        return provider.configure_providers(conf, {name: store}).get(name)
+    finally:
+        logger.removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM for the duration of the block."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
