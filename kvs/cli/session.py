@@ -36,15 +36,17 @@ EXIT_STATUSES = {
 }
 
 #: The config file used when none is given and the command runs from a checkout.
-
-#: The config file used when none is given and the command runs from a checkout.
 CHECKOUT_CONFIG = os.path.join("etc", "kvs.conf")
 
 FORMATS = ("table", "json")
 
 
 class Failure(Exception):
-    """A command ends with ``status`` after printing ``message`` on stderr."""
+    """A command ends with ``status`` after printing ``message`` on stderr.
+
+    Internal to the command (``main`` turns it into an exit status): for outcomes
+    that are no library error, like a declined confirmation.
+    """
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
