@@ -676,6 +676,27 @@ def test_standard_search_path_reads_home_config_once(tmp_path: Path) -> None:
     assert data["ok"] is True
 
 
+def test_standard_config_dir_is_read_once(tmp_path: Path) -> None:
+    # ~/.kvs/kvs.conf.d is both oslo's <project>.conf.d and <prog>.conf.d.
+    directory = tmp_path / ".kvs" / "kvs.conf.d"
+    directory.mkdir(parents=True)
+    write_config(directory, f"""\
+        [store:fromdir]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'dir.sqlite3'}
+        """, "a.conf")
+    data = Kvs(tmp_path, None).json("check")
+    assert data["ok"] is True
+    assert data["config_files"] == [str(directory / "a.conf")]
+    other = write_config(tmp_path, f"""\
+        [store:fromfile]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'file.sqlite3'}
+        """, "other.conf")
+    rows = Kvs(tmp_path, other).json("stores")
+    assert [row["store"] for row in rows] == ["fromdir", "fromfile"]
+
+
 def test_checkout_config_is_used_without_config_file(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     write_config(tmp_path / "etc", f"""\
