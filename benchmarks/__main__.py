@@ -44,6 +44,7 @@ class Profile:
     contention_seconds: float
     worker_counts: tuple[int, ...]
     worker_seconds: float
+    worker_repeats: int
     value_sizes: tuple[int, ...]
     value: Settings
     store_sizes: tuple[int, ...]
@@ -53,10 +54,10 @@ class Profile:
 VALUE_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)
 
 PROFILES = {
-    "quick": Profile("quick", Settings(rounds=7, round_seconds=0.015), 1.0, (1, 4, 16), 0.4,
+    "quick": Profile("quick", Settings(rounds=7, round_seconds=0.015), 1.0, (1, 4, 16), 0.3, 2,
                      VALUE_SIZES, Settings(rounds=3, round_seconds=0.015),
                      (1_000, 10_000, 100_000), Settings(rounds=3, round_seconds=0.015)),
-    "full": Profile("full", Settings(rounds=15, round_seconds=0.04), 3.0, (1, 2, 4, 8, 16), 1.0,
+    "full": Profile("full", Settings(rounds=15, round_seconds=0.04), 3.0, (1, 2, 4, 8, 16), 0.6, 3,
                     VALUE_SIZES, Settings(rounds=5, round_seconds=0.04),
                     (1_000, 10_000, 100_000, 1_000_000), Settings(rounds=5, round_seconds=0.04)),
 }
@@ -173,7 +174,7 @@ def _steps(setups: dict[str, backends.BackendSetup], profile: Profile,
     if "ops" in phases:
         per_backend += len(suites.OPERATIONS)
     if "workers" in phases:
-        per_backend += 2 * len(profile.worker_counts)
+        per_backend += len(profile.worker_counts)
     if "value" in phases:
         per_backend += len(profile.value_sizes)
     if "size" in phases:
@@ -219,16 +220,14 @@ def run_workers(setups: dict[str, backends.BackendSetup], profile: Profile,
     for setup in setups.values():
         if not setup.available:
             continue
-        factories: list[tuple[str, Callable[[], Subject]]] = [
-            ("kvs", functools.partial(setup.kvs_subject, f"tp-{setup.name}"))]
+        factories: dict[str, Callable[[], Subject]] = {
+            "kvs": functools.partial(setup.kvs_subject, f"tp-{setup.name}")}
         if setup.raw_factory is not None:
-            factories.append(("raw", setup.raw_factory))
-        for role, factory in factories:
-            for count in profile.worker_counts:
-                progress.label(f"throughput: {setup.name} {role} x{count}")
-                results.workers.append(
-                    scaling.throughput(setup, role, factory, count, profile.worker_seconds))
-                progress.step()
+            factories["raw"] = setup.raw_factory
+        progress.label(f"throughput: {setup.name}")
+        results.workers += scaling.throughput_series(
+            setup, factories, profile.worker_counts, profile.worker_seconds,
+            profile.worker_repeats, progress.step)
 
 
 def run_value_size(setups: dict[str, backends.BackendSetup], profile: Profile,

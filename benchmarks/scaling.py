@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import statistics
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from benchmarks.backends import BackendSetup
@@ -178,34 +179,65 @@ def throughput(setup: BackendSetup, role: str, factory: Callable[[], Subject],
         return Point(setup.name, series, workers, float("nan"),
                      error=f"{type(exc).__name__}: {exc}")
 
-    def prepare() -> Subject:
+    def prepare() -> tuple[Subject, list[str]]:
         if not threads:
             setup.reopen_after_fork()
         subject = factory()
         subject.get(keys[0])  # connect before the start line
-        return subject
-
-    def body(subject: Subject, deadline: float) -> tuple[int, float]:
         rng = random.Random()
-        picks = [rng.randrange(len(keys)) for _ in range(SAMPLE)]
+        # Drawn before the start line: 16 threads drawing under the GIL
+        # would eat into a short run.
+        return subject, [keys[rng.randrange(len(keys))] for _ in range(SAMPLE)]
+
+    def body(state: tuple[Subject, list[str]], deadline: float) -> tuple[int, float, float]:
+        subject, picks = state
         operations, index = 0, 0
         began = time.monotonic()
         while time.monotonic() < deadline:
             for _ in range(8):
-                key = keys[picks[index % SAMPLE]]
+                key = picks[index % SAMPLE]
                 subject.get(key)
                 subject.set(key, value)
                 index += 1
             operations += 16
-        elapsed = time.monotonic() - began
+        ended = time.monotonic()
         if not threads:
             subject.close()
-        return operations, elapsed
+        return operations, began, ended
 
     try:
         results = run_workers(workers, threads, prepare, body, duration)
     except WorkerError as exc:
         return Point(setup.name, series, workers, float("nan"), error=str(exc))
-    total = sum(operations for operations, _ in results)
-    longest = max(elapsed for _, elapsed in results)
-    return Point(setup.name, series, workers, total / longest if longest > 0 else 0.0)
+    # One window from the first start to the last end: threads start one by
+    # one as they get the GIL, so their own clocks would overlap and overcount.
+    total = sum(operations for operations, _, _ in results)
+    window = max(ended for _, _, ended in results) - min(began for _, began, _ in results)
+    return Point(setup.name, series, workers, total / window if window > 0 else 0.0)
+
+
+def throughput_series(setup: BackendSetup, factories: Mapping[str, Callable[[], Subject]],
+                      counts: Sequence[int], duration: float, repeats: int,
+                      progress: Callable[[], None]) -> list[Point]:
+    """Throughput at each worker count for each role, ``repeats`` runs each.
+
+    The roles alternate run by run (kvs, raw, kvs, raw, ...) so a burst of
+    load on the machine falls on both; each point is the median of its runs,
+    and its ``stat`` keeps every run (ops/s, not µs).
+    """
+    points: list[Point] = []
+    for count in counts:
+        runs: dict[str, list[Point]] = {role: [] for role in factories}
+        for _ in range(repeats):
+            for role, factory in factories.items():
+                runs[role].append(throughput(setup, role, factory, count, duration))
+        for role, done in runs.items():
+            good = [p.y for p in done if p.error is None and math.isfinite(p.y)]
+            if not good:
+                points.append(done[-1])
+                continue
+            stat = Stat(median_us=statistics.median(good), min_us=min(good), max_us=max(good),
+                        rounds=len(good), ops_per_round=0, samples=[round(y, 1) for y in good])
+            points.append(Point(setup.name, f"{role} get+set", count, stat.median_us, stat))
+        progress()
+    return points
