@@ -44,10 +44,17 @@ def load_config(paths: Sequence[str] | None = None, args: Sequence[str] | None =
     """
     conf = conf if conf is not None else cfg.ConfigOpts()
     kvs_conf.register_opts(conf)
-    files = list(paths) if paths is not None else None
+    dirs = None
+    if paths is None:
+        # oslo.config looks for <project>.conf and <prog>.conf; both are
+        # kvs.conf for the kvs command, so each would be read twice.
+        files = list(dict.fromkeys(cfg.find_config_files(project="kvs", prog="kvs")))
+        dirs = list(dict.fromkeys(cfg.find_config_dirs(project="kvs", prog="kvs")))
+    else:
+        files = list(paths)
     try:
-        conf(args=list(args or []), project="kvs", default_config_files=files,
-             validate_default_values=True)
+        conf(args=list(args or []), project="kvs", prog="kvs", default_config_files=files,
+             default_config_dirs=dirs, validate_default_values=True)
     except cfg.ConfigFilesNotFoundError as exc:
         raise exception.ConfigurationError(
             f"config file not found: {', '.join(exc.config_files)}", option="config_file"
@@ -160,30 +167,37 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
             "locking": section.locking, **args}
 
 
+def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
+    """Configure ``[store:<name>]`` alone (already configured: returned as is).
+
+    Errors name the section.  The declared-store provider is not built here.
+    """
+    group = kvs_conf.STORE_GROUP_PREFIX + name
+    kwargs = store_arguments(conf, name)
+    region = make_region(name=f"{conf.kvs.config_prefix}.{name}")
+    store = core.get_key_value_store(name, kvs_region=region)
+    if store.is_configured:
+        return store
+    try:
+        store.configure(**kwargs)
+    except exception.ConfigurationError as exc:
+        if exc.context.get("section"):
+            raise
+        raise exception.ConfigurationError(
+            f"[{group}] {exc.message}", option=exc.context.get("option") or "backend_argument",
+            section=group) from None
+    return store
+
+
 def configure_stores(conf: cfg.ConfigOpts) -> dict[str, core.KeyValueStore]:
     """Configure every ``[store:NAME]`` of ``conf``; return ``{name: store}``.
 
     Also builds the declared-store provider of every store that declares
-    endpoints (see :mod:`kvs.provider`).
+    endpoints (see :mod:`kvs.provider`).  A store configured before (by an
+    earlier call) is returned as it is.
     """
     register_extra_backends(conf)
-    stores: dict[str, core.KeyValueStore] = {}
-    for name in store_names(conf):
-        group = kvs_conf.STORE_GROUP_PREFIX + name
-        kwargs = store_arguments(conf, name)
-        region = make_region(name=f"{conf.kvs.config_prefix}.{name}")
-        store = core.get_key_value_store(name, kvs_region=region)
-        try:
-            store.configure(**kwargs)
-        except exception.AlreadyConfigured:
-            raise
-        except exception.ConfigurationError as exc:
-            option = exc.context.get("option") or "backend_argument"
-            if exc.context.get("section"):
-                raise
-            raise exception.ConfigurationError(
-                f"[{group}] {exc.message}", option=option, section=group) from None
-        stores[name] = store
+    stores = {name: configure_store(conf, name) for name in store_names(conf)}
     # Declared stores sit above the core: imported here, not at module level.
     from kvs import provider
 

@@ -11,10 +11,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from dogpile.cache import make_region
 from oslo_config import cfg
 
-from kvs import conf as kvs_conf
 from kvs import core, exception, loader
 from kvs.cli.output import Scrubber, to_json
 
@@ -170,21 +168,7 @@ def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
     builds every provider at once, which writes initial values and so fails
     every command while any declared store's backend is down.
     """
-    group = kvs_conf.STORE_GROUP_PREFIX + name
-    kwargs = loader.store_arguments(conf, name)
-    store = core.get_key_value_store(
-        name, kvs_region=make_region(name=f"{conf.kvs.config_prefix}.{name}"))
-    if store.is_configured:
-        return store
-    try:
-        store.configure(**kwargs)
-    except exception.ConfigurationError as error:
-        if error.context.get("section"):
-            raise
-        raise exception.ConfigurationError(
-            f"[{group}] {error.message}", option=error.context.get("option"),
-            section=group) from None
-    return store
+    return loader.configure_store(conf, name)
 
 
 def quiet_providers(conf: cfg.ConfigOpts) -> None:

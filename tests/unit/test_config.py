@@ -183,6 +183,7 @@ def test_stock_backend_from_config(tmp_path: Path) -> None:
 def test_sample_config_is_current(tmp_path: Path) -> None:
     generated = tmp_path / "kvs.conf.sample"
     subprocess.run([sys.executable, "-m", "oslo_config.generator", "--namespace", "kvs",
-                    "--namespace", "kvs.provider", "--output-file", str(generated)], check=True, cwd=ROOT)
+                    "--namespace", "kvs.provider", "--output-file", str(generated)],
+                   check=True, cwd=ROOT)
     shipped = (ROOT / "etc" / "kvs.conf.sample").read_text()
     assert generated.read_text() == shipped, "run `make sample-config` and commit the result"
