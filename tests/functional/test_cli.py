@@ -49,7 +49,7 @@ STORES = """\
 
     [store:plain]
     {plain_backend}
-    lock_timeout = 1.5
+    lock_timeout = 3
     secret_key = {secret_key}
     security_strategy = mac
 """
@@ -400,8 +400,8 @@ def test_lock_holds_until_ctrl_c_and_blocks_others(kvs: Kvs, running: list[Runni
     assert json.loads(shown.stdout)["lease"]["token"] == acquired["token"]
     assert "--force" in one_error_line(shown)
 
-    # The lease outlives its 1.5 s lock_timeout: the holder renews it.
-    time.sleep(2.5)
+    # The lease outlives its 3 s lock_timeout: the holder renews it.
+    time.sleep(4.0)
     still = kvs("--format", "json", "unlock", "plain", "door")
     assert still.returncode == 4
     assert json.loads(still.stdout)["lease"]["token"] == acquired["token"]
