@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -75,6 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 if any target is MISSED")
+    parser.add_argument("--from-json", type=Path, metavar="PATH",
+                        help="measure nothing: redo the tables, checks and plots of a saved "
+                             "latest.json")
     args = parser.parse_args(argv)
     args.backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
     args.phases = tuple(name.strip() for name in args.phases.split(",") if name.strip())
@@ -255,8 +259,8 @@ def run_store_size(setups: dict[str, backends.BackendSetup], profile: Profile,
             kvs.testing.reset_registry()  # free the big in-memory store now
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure_all(args: argparse.Namespace) -> report.RunResults:
+    """Start the servers and run every requested phase."""
     profile = PROFILES["quick" if args.quick else "full"]
     tqdm.tqdm.monitor_interval = 0  # no monitor thread: workers are forked
     began = time.monotonic()
@@ -284,6 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.close()
     results.meta["load_after"] = _load()
     results.meta["wall_seconds"] = round(time.monotonic() - began, 1)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json is not None:
+        results = report.RunResults.from_json(json.loads(args.from_json.read_text()))
+    else:
+        results = measure_all(args)
     if not args.no_plots:
         made = plots.write_plots(results, args.output)
         results.meta["plots"] = [path.name for path in made]

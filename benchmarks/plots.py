@@ -43,7 +43,7 @@ def _draw(axes: Axes, points: Sequence[Point], operation: str) -> None:
                   color=COLOURS.get(backend, "black"), label=f"{backend} {role}")
     axes.grid(True, which="both", alpha=0.3)
     if lines:
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, loc="best", framealpha=0.6)
 
 
 def value_size(results: RunResults, path: Path) -> Path | None:
@@ -63,7 +63,8 @@ def value_size(results: RunResults, path: Path) -> Path | None:
 def store_size(results: RunResults, path: Path) -> Path | None:
     if not results.store_size:
         return None
-    figure, grid = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    # Not shared: set costs more than get, and a shared axis would clip it.
+    figure, grid = plt.subplots(1, 2, figsize=(11, 4.5))
     for axes, operation in zip(grid, ("get", "set")):
         _draw(axes, results.store_size, operation)
         axes.set_xscale("log")
