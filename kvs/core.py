@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -42,6 +43,10 @@ STORE_ARGUMENTS = (
 )
 
 _NO_DEFAULT: Any = object()
+
+#: Client libraries of stock dogpile backends: their errors mean "unavailable".
+_CLIENT_LIBRARIES = frozenset({"redis", "valkey", "pymemcache", "memcache", "pylibmc",
+                               "bmemcached"})
 
 
 def known_backends() -> list[str]:
@@ -86,8 +91,9 @@ def _non_negative(name: str, value: Any) -> float:
     except (TypeError, ValueError):
         raise exception.ConfigurationError(
             f"{name} must be a number of seconds, got {value!r}", option=name) from None
-    if number < 0 or number != number:
-        raise exception.ConfigurationError(f"{name} must be >= 0, got {value!r}", option=name)
+    if not math.isfinite(number) or number < 0:
+        raise exception.ConfigurationError(
+            f"{name} must be a finite number >= 0, got {value!r}", option=name)
     return number
 
 
@@ -170,8 +176,11 @@ class KeyValueStore:
         # the region holds a backend it cannot be configured again.
         lock_timeout = _non_negative("lock_timeout", args.pop("lock_timeout", DEFAULT_LOCK_TIMEOUT))
         wait = args.pop("lock_wait_timeout", None)
-        lock_wait_timeout = (lock_timeout if wait is None
-                             else _non_negative("lock_wait_timeout", wait))
+        if wait is None:
+            # 0 means "never expires", not "never wait": waiting forever for a
+            # lease that never expires would hang, so wait the default instead.
+            wait = lock_timeout if lock_timeout > 0 else DEFAULT_LOCK_TIMEOUT
+        lock_wait_timeout = _non_negative("lock_wait_timeout", wait)
         key_prefix = args.pop("key_prefix", None)
         key_prefix = self.name if key_prefix is None else str(key_prefix)
         codec = serializers.get_serializer(
@@ -276,11 +285,11 @@ class KeyValueStore:
                 f"individual keys", option="ttl")
         return ttl
 
-    def _errors(self, key: Any) -> _NameKeyInErrors:
+    def _errors(self, key: Any, reading: bool = False) -> _NameKeyInErrors:
         """Name the user's key in errors raised below the store."""
-        return _NameKeyInErrors(self, key)
+        return _NameKeyInErrors(self, key, reading)
 
-    def _translate(self, exc: BaseException, key: Any) -> BaseException | None:
+    def _translate(self, exc: BaseException, key: Any, reading: bool) -> BaseException | None:
         """The error to raise instead of ``exc`` (None: let ``exc`` through)."""
         if isinstance(exc, (exception.SerializationError, exception.ValueTooLarge,
                             exception.CorruptValue, exception.TamperedValue)):
@@ -288,12 +297,13 @@ class KeyValueStore:
                              key=key, store=self.name)
         if isinstance(exc, exception.KVSError):
             return None
-        if isinstance(exc, (ValueError, UnicodeDecodeError)):
+        if reading and isinstance(exc, (ValueError, UnicodeDecodeError)):
             # dogpile's metadata parsing failed: bytes written by someone else.
             return exception.CorruptValue(
                 f"key {key!r} in store {self.name!r} holds bytes that are not a kvs value "
                 f"({type(exc).__name__})", key=key, store=self.name)
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or \
+                type(exc).__module__.split(".")[0] in _CLIENT_LIBRARIES:
             return exception.BackendUnavailable(
                 f"backend {self.backend_name} of store {self.name!r} failed: "
                 f"{type(exc).__name__}", store=self.name)
@@ -302,6 +312,9 @@ class KeyValueStore:
     def _check_write_lock(self, key: str, lock: KeyValueStoreLock) -> None:
         if not isinstance(lock, KeyValueStoreLock):
             raise TypeError(f"lock must be a KeyValueStoreLock, not {type(lock).__name__}")
+        if lock._leases is not self._leases:
+            raise ValueError(f"lock on key {lock.key!r} belongs to store {lock.store!r}, "
+                             f"not {self.name!r}")
         lock.check(for_key=key)
         if self._stock is not None and lock.enabled:
             assert lock.token is not None
@@ -327,7 +340,7 @@ class KeyValueStore:
         self._require_configured()
         manglers.check_key(key)
         backend = self._direct
-        with self._errors(key):
+        with self._errors(key, reading=True):
             if backend is None:
                 value = self._region.get(key)
             else:
@@ -353,7 +366,7 @@ class KeyValueStore:
         if not keys:
             return []
         backend = self._direct
-        with self._errors(keys[0] if len(keys) == 1 else keys):
+        with self._errors(keys[0] if len(keys) == 1 else keys, reading=True):
             if backend is None:
                 values = list(self._region.get_multi(keys))
             else:
@@ -530,7 +543,7 @@ class KeyValueStore:
         backend = self._lease_backend
         assert backend is not None
         key = lock.key
-        with self._errors(key):
+        with self._errors(key, reading=True):
             stored = lock.acquire_and_get(backend)
         try:
             if stored is NO_VALUE:
@@ -538,7 +551,7 @@ class KeyValueStore:
                     raise exception.NotFound(key, store=self.name)
                 current = default
             else:
-                with self._errors(key):
+                with self._errors(key, reading=True):
                     current = serializers.unpack(self._serializer, stored)
             new = fn(current)
             with self._errors(key):
@@ -576,11 +589,12 @@ class _NameKeyInErrors:
     call's hot path.
     """
 
-    __slots__ = ("key", "store")
+    __slots__ = ("key", "reading", "store")
 
-    def __init__(self, store: KeyValueStore, key: Any) -> None:
+    def __init__(self, store: KeyValueStore, key: Any, reading: bool) -> None:
         self.store = store
         self.key = key
+        self.reading = reading
 
     def __enter__(self) -> None:
         return None
@@ -589,7 +603,7 @@ class _NameKeyInErrors:
                  tb: TracebackType | None) -> None:
         if exc is None:
             return
-        replacement = self.store._translate(exc, self.key)
+        replacement = self.store._translate(exc, self.key, self.reading)
         if replacement is not None:
             raise replacement from None
 

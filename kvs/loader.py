@@ -154,6 +154,8 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
     args["lock_timeout"] = conf.kvs.default_lock_timeout if lock_timeout is None else lock_timeout
     if section.lock_wait_timeout is not None:
         args["lock_wait_timeout"] = section.lock_wait_timeout
+    elif args["lock_timeout"] == 0 and conf.kvs.default_lock_timeout > 0:
+        args["lock_wait_timeout"] = conf.kvs.default_lock_timeout
     if section.key_prefix is not None:
         args["key_prefix"] = section.key_prefix
     args["serializer"] = section.serializer
@@ -177,6 +179,10 @@ def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
     region = make_region(name=f"{conf.kvs.config_prefix}.{name}")
     store = core.get_key_value_store(name, kvs_region=region)
     if store.is_configured:
+        if store.backend_name != kwargs["backing_store"]:
+            raise exception.AlreadyConfigured(
+                f"store {name!r} is already configured with backend {store.backend_name}, "
+                f"not the {kwargs['backing_store']} of [{group}]", store=name, section=group)
         return store
     try:
         store.configure(**kwargs)

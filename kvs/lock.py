@@ -116,7 +116,11 @@ class KeyValueStoreLock:
 
         Raises :class:`~kvs.exception.LockAcquireTimeout` when the wait runs out.
         """
-        self._acquire(self._acquire_once)
+        def attempt() -> int | None:
+            assert self.token is not None
+            return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
+
+        self._acquire(attempt)
         return self
 
     def acquire_and_get(self, backend: LeaseBackend) -> bytes | NoValue:
@@ -147,7 +151,7 @@ class KeyValueStoreLock:
         deadline = time.monotonic() + self.lock_wait_timeout
         while True:
             started = time.monotonic()
-            fence = attempt()
+            fence = self._attempt_with_retry(attempt)
             if fence is not None:
                 self._start(fence, started)
                 return
@@ -158,15 +162,27 @@ class KeyValueStoreLock:
                     f"{self.lock_wait_timeout} s", key=self.key, store=self.store)
             self._leases.wait_for_release(self.lease_key, remaining)
 
-    def _acquire_once(self) -> int | None:
-        assert self.token is not None
+    def _attempt_with_retry(self, attempt: Callable[[], int | None]) -> int | None:
+        """One acquire attempt that survives a lost reply.
+
+        The backend may have granted the lease before the reply was lost.
+        Retrying with the same token either confirms it or finds it free or
+        taken; if the retry fails too, the lease is given back (best effort) so
+        that it is never left without an owner for longer than its TTL.
+        """
         try:
-            return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
+            return attempt()
         except exception.BackendUnavailable:
-            # The reply may have been lost after the backend granted the lease.
-            # Retrying with the same token either confirms it (same fence) or
-            # finds it free or taken: never an ownerless lease.
-            return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
+            pass
+        try:
+            return attempt()
+        except exception.BackendUnavailable:
+            assert self.token is not None
+            try:
+                self._leases.release_lease(self.lease_key, self.token)
+            except exception.KVSError:
+                pass  # unreachable: the lease expires with its TTL
+            raise
 
     def release(self) -> None:
         """Give the lease back.  Never releases a lease another holder now owns.
@@ -175,12 +191,15 @@ class KeyValueStoreLock:
         """
         if not self.active:
             return
-        self.active = False
         if not self.enabled or self._lost:
+            self.active = False
             return
         assert self.token is not None
         late = self._valid_until is not None and time.monotonic() >= self._valid_until
+        # Stays active if this raises, so release() can be retried: it is a
+        # compare-and-delete, safe to repeat.
         released = self._leases.release_lease(self.lease_key, self.token)
+        self.active = False
         if late:
             LOG.warning("lock on key %r in store %r released after its timeout (%s s)",
                         self.key, self.store, self.lock_timeout)

@@ -3,8 +3,9 @@
 A store serializes every value before it reaches a backend, with one of:
 
 ``msgpack`` (the default)
-    None, bool, int (64-bit), float, str, bytes, list and dict round-trip with
-    their exact types; tuples come back as lists.  Safe: decoding never runs code.
+    None, bool, int (any size: beyond 64 bits as an extension type), float,
+    str, bytes, list and dict round-trip with their exact types; tuples come
+    back as lists.  Safe: decoding never runs code.
 ``json``
     Like msgpack but without bytes (a bytes value raises
     :class:`~kvs.exception.SerializationError`) and with unbounded ints; dict
@@ -45,18 +46,46 @@ class Serializer:
         raise NotImplementedError
 
 
+#: msgpack extension type for ints beyond 64 bits, stored as decimal ASCII.
+_BIG_INT = 1
+
+
+def _msgpack_default(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return msgpack.ExtType(_BIG_INT, str(value).encode("ascii"))
+    raise TypeError(f"{type(value).__name__} is not serializable")
+
+
+def _msgpack_ext(code: int, data: bytes) -> Any:
+    if code == _BIG_INT:
+        return int(data.decode("ascii"))
+    raise ValueError(f"unknown msgpack extension type {code}")
+
+
 class MsgpackSerializer(Serializer):
     name = "msgpack"
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return msgpack.packb(value, use_bin_type=True, strict_types=False)
+            return msgpack.packb(value, use_bin_type=True, default=_msgpack_default)
         except (TypeError, ValueError, OverflowError) as exc:
             raise exception.SerializationError(
                 f"cannot serialize a {type(value).__name__} with msgpack: {exc}") from None
 
     def loads(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
+
+
+def _check_json_keys(value: Any) -> None:
+    """json.dumps silently turns 1 or None keys into "1" and "null": refuse them."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"dict keys must be str with json, not {type(key).__name__}")
+            _check_json_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_json_keys(item)
 
 
 class JSONSerializer(Serializer):
@@ -64,6 +93,7 @@ class JSONSerializer(Serializer):
 
     def dumps(self, value: Any) -> bytes:
         try:
+            _check_json_keys(value)
             return json.dumps(value, separators=(",", ":"), allow_nan=True,
                               default=self._refuse).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:

@@ -25,6 +25,7 @@ from typing import Any
 from dogpile.cache.api import CacheMutex
 from dogpile.cache.region import CacheRegion
 
+from kvs import exception
 from kvs.backends.base import LeaseInfo
 from kvs.backends.memory import MemoryBackend
 
@@ -50,32 +51,51 @@ class StockLeases:
         local_fence = self._local.acquire_lease(key, token, ttl)
         if local_fence is None:
             return None
-        mutex = self._distributed_mutex(key)
-        if mutex is None:
-            return local_fence
-        if not mutex.acquire(False):
+        mutex = None
+        try:
+            mutex = self._distributed_mutex(key)
+            if mutex is None:
+                return local_fence
+            if not mutex.acquire(False):
+                mutex = None
+                self._local.release_lease(key, token)
+                return None
+            # Holding the distributed mutex: read-increment-write of the shared
+            # fence counter cannot race with another holder.
+            fence_key = _FENCE_PREFIX + key
+            current = self._region.get(fence_key)
+            fence = (current if isinstance(current, int) else 0) + 1
+            self._region.set(fence_key, fence)
+        except BaseException as exc:
+            # Undo both halves: never leave a lease nobody owns.
+            if mutex is not None:
+                self._release_mutex(key, mutex)
             self._local.release_lease(key, token)
-            return None
+            if isinstance(exc, Exception) and not isinstance(exc, exception.KVSError):
+                raise exception.BackendUnavailable(
+                    f"backend {type(self._region.actual_backend).__name__} failed while "
+                    f"taking the lease on {key!r}: {type(exc).__name__}") from None
+            raise
         with self._guard:
             self._mutexes[(key, token)] = mutex
-        # Holding the distributed mutex: read-increment-write of the shared
-        # fence counter cannot race with another holder.
-        fence_key = _FENCE_PREFIX + key
-        current = self._region.get(fence_key)
-        fence = (current if isinstance(current, int) else 0) + 1
-        self._region.set(fence_key, fence)
         return fence
+
+    def _release_mutex(self, key: str, mutex: CacheMutex) -> None:
+        try:
+            mutex.release()
+        except Exception as exc:  # e.g. redis-py LockNotOwnedError after expiry
+            LOG.warning("releasing the backend mutex for %r failed: %s",
+                        key, type(exc).__name__)
 
     def release_lease(self, key: str, token: str) -> bool:
         with self._guard:
             mutex = self._mutexes.pop((key, token), None)
-        if mutex is not None:
-            try:
-                mutex.release()
-            except Exception as exc:  # e.g. redis-py LockNotOwnedError after expiry
-                LOG.warning("releasing the backend mutex for %r failed: %s",
-                            key, type(exc).__name__)
-        return self._local.release_lease(key, token)
+        # Only a holder still current in this process touches the backend
+        # mutex: some (dogpile's memcached lock) delete it without an owner check.
+        released = self._local.release_lease(key, token)
+        if released and mutex is not None:
+            self._release_mutex(key, mutex)
+        return released
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         with self._guard:

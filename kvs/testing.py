@@ -25,7 +25,10 @@ from kvs import core
 
 
 def reset_registry() -> None:
-    """Forget every store of this process (tests only)."""
+    """Forget every store and declared-store provider of this process (tests only)."""
+    from kvs import provider
+
+    provider.reset_providers()
     core._clear_registry()
 
 

@@ -39,7 +39,10 @@ def test_shipped_config_configures_a_sqlite_store(tmp_path: Path, monkeypatch: A
     monkeypatch.chdir(tmp_path)
     conf = kvs.load_config([str(ROOT / "etc" / "kvs.conf")])
     stores = kvs.configure_stores(conf)
-    assert set(stores) == {"demo"}
+    assert set(stores) == {"demo", "sensor"}
+    sensor = kvs.get_provider("sensor")
+    assert sensor.list_endpoints() == ["setpoint", "temperature", "valve"]
+    assert sensor.get("temperature") == {"value_raw": 20.5, "value_cal": 293.65}
     store = kvs.get_key_value_store("demo")
     assert store is stores["demo"] and store.is_configured
     assert store.backend_name == "kvs.sqlite" and store.lock_wait_timeout == 30
@@ -83,7 +86,8 @@ def test_every_store_option_is_applied(tmp_path: Path) -> None:
     assert a.key_prefix == "ns" and a.default_ttl == 30 and not a.locking
     assert a.region.key_mangler("k") == "ns:k"  # enable_key_mangler = false
     assert type(a.region.backend).__name__ == "RecordingProxy"
-    assert b.lock_timeout == 0 and b.lock_wait_timeout == 0 and b.locking
+    # 0 = never expires; the wait then falls back to [kvs] default_lock_timeout.
+    assert b.lock_timeout == 0 and b.lock_wait_timeout == 2.5 and b.locking
     with pytest.raises(exception.SerializationError):
         a.set("k", b"json cannot hold bytes")
 

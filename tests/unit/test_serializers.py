@@ -1,0 +1,35 @@
+"""Codecs: exact round trips, refusals, and foreign bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvs import exception, serializers
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**64) - 1, 10**100, [2**70, {"k": -(2**90)}]])
+def test_msgpack_keeps_ints_of_any_size(value: object) -> None:
+    codec = serializers.get_serializer("msgpack")
+    assert codec.loads(codec.dumps(value)) == value
+
+
+@pytest.mark.parametrize("value", [{1: "a"}, {None: 1}, [{"ok": {2: "nested"}}], b"bytes"])
+def test_json_refuses_what_it_would_change(value: object) -> None:
+    with pytest.raises(exception.SerializationError):
+        serializers.get_serializer("json").dumps(value)
+
+
+def test_unknown_msgpack_extension_is_corrupt() -> None:
+    import msgpack
+
+    codec = serializers.get_serializer("msgpack")
+    foreign = msgpack.packb(msgpack.ExtType(42, b"x"))
+    loads = serializers.checked_loads(codec)
+    with pytest.raises(exception.CorruptValue):
+        loads(foreign)
+
+
+def test_unknown_serializer_lists_known_ones() -> None:
+    with pytest.raises(exception.ConfigurationError) as info:
+        serializers.get_serializer("yaml")
+    assert "msgpack" in str(info.value) and "json" in str(info.value)
