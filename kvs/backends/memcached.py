@@ -364,9 +364,14 @@ class MemcachedBackend(LeaseBackend):
         # Leases carry the margin as whole seconds on top of their TTL, so a
         # holder still inside its lease always passes the fenced-write check.
         self._lease_padding = math.ceil(self._margin)
-        self._default_expire: int = (
-            _wire_expiry(options["memcached_expire_time"])
-            if options["memcached_expire_time"] else 0)
+        # Seconds, turned into a wire expiry on every write: beyond 30 days it
+        # is an absolute time, which must be computed when the write happens.
+        self._default_expire_seconds: int = options["memcached_expire_time"]
+        # Sub-second extensions not yet sent to the server, per (key, token):
+        # memcached counts whole seconds, and rounding each extend up would
+        # make a lease renewed ten times a second grow ten seconds a second.
+        self._extend_credit: dict[tuple[str, str], float] = {}
+        self._credit_guard = threading.Lock()
 
     @staticmethod
     def _tls_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
@@ -417,7 +422,9 @@ class MemcachedBackend(LeaseBackend):
         return groups
 
     def _data_expire(self, ttl: float | None) -> int:
-        return self._default_expire if ttl is None else expire_time(ttl)
+        if ttl is not None:
+            return expire_time(ttl)
+        return _wire_expiry(self._default_expire_seconds) if self._default_expire_seconds else 0
 
     def _lease_expire(self, ttl: float | None) -> int:
         if ttl is None:
@@ -569,6 +576,8 @@ class MemcachedBackend(LeaseBackend):
 
     def release_lease(self, key: str, token: str) -> bool:
         safe, server = self._route(key)
+        with self._credit_guard:
+            self._extend_credit.pop((safe, token), None)
         try:
             client = server.client()
             lease = self._read_lease(client, safe)
@@ -593,7 +602,16 @@ class MemcachedBackend(LeaseBackend):
             remaining = lease.int_flag(b"t")
             if remaining < 0:
                 return True  # never expires: nothing to add
-            expire = _wire_expiry(remaining + max(1, math.ceil(ttl)))
+            with self._credit_guard:
+                credit = self._extend_credit.pop((safe, token), 0.0) + ttl
+                whole = math.floor(credit)
+                if credit - whole > 0:
+                    self._extend_credit[(safe, token)] = credit - whole
+            if whole == 0:
+                # Less than a second owed: the lease's padding (one second
+                # plus the safety margin) covers it until the next extend.
+                return True
+            expire = _wire_expiry(remaining + whole)
             return client.cas(_LEASE_PREFIX + safe, wanted, lease.flags[b"c"], expire,
                               noreply=False) is True
         except (OSError, MemcacheError) as exc:

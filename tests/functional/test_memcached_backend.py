@@ -162,7 +162,38 @@ def test_memcached_expire_time_is_a_store_wide_server_ttl(
     assert not store.exists("k") and store.get("kept") == "v"
 
 
+def test_long_memcached_expire_time_is_computed_per_write(
+        memcached_backend_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond 30 days memcached takes an absolute time: it must be 'now' at each write."""
+    import kvs.backends.memcached as module
+
+    store = _store(memcached_backend_config, memcached_expire_time=31 * 86400)
+    backend = _backend(store)
+    first = backend._data_expire(None)
+    real_time = module.time.time
+    monkeypatch.setattr(module.time, "time", lambda: real_time() + 40 * 86400)
+    later = backend._data_expire(None)
+    assert later - first >= 40 * 86400 - 5
+    monkeypatch.undo()
+    store.set("k", "v")  # written with an absolute expiry in the future
+    assert store.get("k") == "v"
+
+
 # -- leases -------------------------------------------------------------------
+
+
+def test_small_extends_do_not_grow_the_lease(memcached_backend_config: dict[str, Any]) -> None:
+    """Ten extends of 0.1 s add one second on the server, not ten."""
+    store = _store(memcached_backend_config, lock_timeout=3)
+    with store.get_lock("k") as lock:
+        before = store.lease_info("k")
+        assert before is not None and before.remaining is not None
+        for _ in range(10):
+            lock.extend(0.1)
+        after = store.lease_info("k")
+        assert after is not None and after.remaining is not None
+        assert after.remaining <= before.remaining + 1.5
+        store.set("k", "still mine", lock=lock)
 
 def test_contended_add_is_refused(memcached_backend_config: dict[str, Any]) -> None:
     """With noreply, add() would "succeed" for both; here the second must fail."""
