@@ -219,7 +219,7 @@ def operation_rows(results: RunResults, checks: Sequence[Check], ranges: bool
 
 
 def contention_rows(results: RunResults) -> list[list[str]]:
-    header = ["backend", "variant", "workers", "updates/s", "hand-off p50 µs",
+    header = ["backend", "variant", "workers", "updates/s", "handed over", "hand-off p50 µs",
               "hand-off p99 µs", "vs redis-py Lock", "lost", "overlaps"]
     reference = next((r for r in results.contention
                       if r.variant.startswith("redis-py Lock (sleep=0.1") and not r.error), None)
@@ -227,12 +227,15 @@ def contention_rows(results: RunResults) -> list[list[str]]:
     for r in results.contention:
         if r.error:
             rows.append([r.backend, r.variant, str(r.workers), f"error: {r.error}", "", "", "",
-                         "", ""])
+                         "", "", ""])
             continue
         versus = (f"{r.updates_per_s / reference.updates_per_s:.1f}x"
                   if reference and reference.updates_per_s > 0 else "-")
+        # Share of sections that went to another worker: a lock whose holder
+        # re-takes it at once shows high updates/s while the others starve.
+        share = f"{100 * r.handoffs / r.updates:.0f}%" if r.updates else "-"
         rows.append([r.backend, r.variant, f"{r.workers} {r.mode}", f"{r.updates_per_s:,.0f}",
-                     _us(r.handoff_p50_us), _us(r.handoff_p99_us), versus,
+                     share, _us(r.handoff_p50_us), _us(r.handoff_p99_us), versus,
                      str(r.lost_updates), str(r.overlaps)])
     return rows
 
@@ -352,7 +355,11 @@ def markdown_report(results: RunResults) -> str:
                   "One counter incremented by every worker under a lock.  Hand-off = start of "
                   "the next holder's critical section minus the end of the previous holder's "
                   "(different workers); for `update()` that gap includes its write+release "
-                  "round trip.  `lost` and `overlaps` must be 0.", "",
+                  "round trip.  `handed over`: the share of critical sections that went to a "
+                  "different worker than the one before (the rest were the same worker re-taking "
+                  "the lock "
+                  "at once, so a high updates/s with a low share means the others starved).  "
+                  "`lost` and `overlaps` must be 0.", "",
                   markdown_table(contention_rows(results))]
     for title, points, unit in (("Cost vs store size (µs/op)", results.store_size, "keys"),
                                 ("Cost vs value size (µs/op)", results.value_size, "bytes"),
