@@ -170,13 +170,21 @@ class RedisBackend(LeaseBackend):
     # or re-taken when it already holds this token (the retry of a request
     # whose reply was lost), so a lost reply never leaves an ownerless lease;
     # a retry keeps its fence and gets a fresh TTL.  A new grant increments
-    # the fence counter, which never goes back.
+    # the fence counter, which never goes back: a missing counter (first use,
+    # eviction under an allkeys-* policy, restart without persistence) is
+    # seeded from the server clock in microseconds, above any earlier fence.
     _TAKE_LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
 local fence
 if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
-if not fence then fence = redis.call('INCR', KEYS[2]) end
+if not fence then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+  end
+  fence = redis.call('INCR', KEYS[2])
+end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)

@@ -192,17 +192,30 @@ def test_value_is_stored_as_is_under_the_hash_tag(store: kvs.KeyValueStore,
 # -- lease scripts ---------------------------------------------------------------
 
 def test_acquire_contention_retry_and_fences(backend: RedisBackend) -> None:
-    assert backend.acquire_lease("k", "a", 5) == 1
+    first = backend.acquire_lease("k", "a", 5)
+    assert first is not None
     assert backend.acquire_lease("k", "b", 5) is None
-    assert backend.acquire_lease("k", "a", 5) == 1  # a retry keeps its fence
+    assert backend.acquire_lease("k", "a", 5) == first  # a retry keeps its fence
     assert backend.release_lease("k", "b") is False
     assert backend.release_lease("k", "a") is True
     assert backend.release_lease("k", "a") is False
-    assert backend.acquire_lease("k", "b", None) == 2
+    assert backend.acquire_lease("k", "b", None) == first + 1
     info = backend.lease_info("k")
-    assert info is not None and info.token == "b" and info.fence == 2 and info.remaining is None
+    assert info is not None and info.token == "b" and info.fence == first + 1
+    assert info.remaining is None
     assert backend.break_lease("k") is True and backend.lease_info("k") is None
-    assert backend.acquire_lease("k", "c", 5) == 3
+    assert backend.acquire_lease("k", "c", 5) == first + 2
+
+
+def test_missing_fence_counter_is_seeded_above_earlier_fences(backend: RedisBackend) -> None:
+    """An evicted or lost counter must not restart fences at 1."""
+    fence = backend.acquire_lease("k", "a", 5)
+    assert fence is not None and fence > 10**15  # seeded from the server clock in µs
+    backend.release_lease("k", "a")
+    for name in backend.client.keys("*fence*"):
+        backend.client.delete(name)  # as an allkeys-lru eviction would
+    again = backend.acquire_lease("k", "b", 5)
+    assert again is not None and again > fence
 
 
 def test_lease_ttl_is_in_milliseconds_and_never_zero(backend: RedisBackend,
@@ -215,14 +228,15 @@ def test_lease_ttl_is_in_milliseconds_and_never_zero(backend: RedisBackend,
 
 def test_lease_expires_and_fenced_write_is_refused(backend: RedisBackend) -> None:
     backend.plain_set("k", b"old", None)
-    assert backend.acquire_lease("k", "a", 0.05) == 1
+    first = backend.acquire_lease("k", "a", 0.05)
+    assert first is not None
     time.sleep(0.1)
     assert backend.lease_info("k") is None
     assert backend.fenced_set("k", b"late", "a", None) is Fenced.LEASE_LOST
     assert backend.fenced_delete("k", "a") is Fenced.LEASE_LOST
     assert backend.fenced_set_and_release("k", b"late", "a", None) is Fenced.LEASE_LOST
     assert backend.get_serialized("k") == b"old"
-    assert backend.acquire_lease("k", "b", 5) == 2
+    assert backend.acquire_lease("k", "b", 5) == first + 1
 
 
 def test_extend_adds_time_only_for_the_holder(backend: RedisBackend,
@@ -245,10 +259,11 @@ def test_fenced_writes(backend: RedisBackend, client: fakeredis.FakeRedis) -> No
 
 
 def test_acquire_and_get(backend: RedisBackend) -> None:
-    assert backend.acquire_lease_and_get("k", "a", 5) == (1, kvs_no_value())
+    fence, stored = backend.acquire_lease_and_get("k", "a", 5)
+    assert fence is not None and stored is kvs_no_value()
     backend.fenced_set("k", b"v", "a", None)
     assert backend.acquire_lease_and_get("k", "b", 5) == (None, kvs_no_value())
-    assert backend.acquire_lease_and_get("k", "a", 5) == (1, b"v")
+    assert backend.acquire_lease_and_get("k", "a", 5) == (fence, b"v")
 
 
 def kvs_no_value() -> Any:
