@@ -337,16 +337,22 @@ class KeyValueStore:
 
     def get(self, key: str) -> Any:
         """Return the value of ``key``; raise :class:`~kvs.exception.NotFound` if missing."""
-        self._require_configured()
+        if not self._configured:
+            self._require_configured()
         manglers.check_key(key)
         backend = self._direct
-        with self._errors(key, reading=True):
+        try:
             if backend is None:
                 value = self._region.get(key)
             else:
                 stored = backend.get_serialized(self._key_mangler(key))
                 value = NO_VALUE if stored is NO_VALUE else \
                     serializers.unpack(self._serializer, stored)
+        except Exception as exc:  # a try, not a context manager: this is the hot path
+            replacement = self._translate(exc, key, reading=True)
+            if replacement is None:
+                raise
+            raise replacement from None
         if value is NO_VALUE:
             raise exception.NotFound(key, store=self.name)
         return value
@@ -370,12 +376,11 @@ class KeyValueStore:
             if backend is None:
                 values = list(self._region.get_multi(keys))
             else:
-                mangle, codec = self._key_mangler, self._serializer
+                mangle, codec, unpack = self._key_mangler, self._serializer, serializers.unpack
                 stored = backend.get_serialized_multi([mangle(key) for key in keys])
-                values = [NO_VALUE if item is NO_VALUE else serializers.unpack(codec, item)
-                          for item in stored]
-        missing = [key for key, value in zip(keys, values) if value is NO_VALUE]
-        if missing:
+                values = [item if item is NO_VALUE else unpack(codec, item) for item in stored]
+        if NO_VALUE in values:
+            missing = [key for key, value in zip(keys, values) if value is NO_VALUE]
             raise exception.NotFound(missing, store=self.name)
         return values
 
@@ -384,16 +389,17 @@ class KeyValueStore:
     def set(self, key: str, value: Any, lock: KeyValueStoreLock | None = None,
             ttl: float | None = None) -> None:
         """Store ``value``.  With ``lock=``, only if that lease is still ours."""
-        self._require_configured()
+        if not self._configured:
+            self._require_configured()
         manglers.check_key(key)
-        ttl = self._ttl(ttl)
+        ttl = self.default_ttl if ttl is None else self._ttl(ttl)
         token = None
         if lock is not None:
             self._check_write_lock(key, lock)
             if lock.enabled and self._lease_backend is not None:
                 token = lock.token
         backend = self._direct
-        with self._errors(key):
+        try:
             if backend is None:
                 with write_options(ttl=ttl, token=token) as options:
                     self._region.set(key, value)
@@ -406,6 +412,11 @@ class KeyValueStore:
                     backend.plain_set(mangled, data, ttl)
                     return
                 outcome = backend.fenced_set(mangled, data, token, ttl)
+        except Exception as exc:  # a try, not a context manager: this is the hot path
+            replacement = self._translate(exc, key, reading=False)
+            if replacement is None:
+                raise
+            raise replacement from None
         if outcome is Fenced.LEASE_LOST:
             assert lock is not None
             raise self._lease_lost(key, lock)
@@ -420,18 +431,27 @@ class KeyValueStore:
             return
         ttl = self._ttl(ttl)
         backend = self._direct
-        with self._errors(list(mapping)):
-            if backend is None:
-                with write_options(ttl=ttl):
-                    self._region.set_multi(mapping)
-                return
-            encoded = {}
-            for key, value in mapping.items():
-                mangled = self._key_mangler(key)
-                with self._errors(key):  # name the one key that failed
-                    encoded[mangled] = serializers.pack(self._serializer, value)
-                    backend.check_size(mangled, encoded[mangled])
+        if backend is None:
+            with self._errors(list(mapping)), write_options(ttl=ttl):
+                self._region.set_multi(mapping)
+            return
+        mangle, dumps, limit = self._key_mangler, self._serializer.dumps, backend.max_value_size
+        head = serializers.header()
+        encoded = {}
+        current: Any = None  # the key named by an error
+        try:  # every value is encoded and checked before anything is written
+            for current, value in mapping.items():
+                data = head + dumps(value)
+                if limit is not None and len(data) > limit:
+                    backend.check_size(current, data)
+                encoded[mangle(current)] = data
+            current = list(mapping)
             backend.plain_set_multi(encoded, ttl)
+        except Exception as exc:
+            replacement = self._translate(exc, current, reading=False)
+            if replacement is None:
+                raise
+            raise replacement from None
 
     def delete(self, key: str, lock: KeyValueStoreLock | None = None) -> None:
         """Delete ``key``; raise :class:`~kvs.exception.NotFound` if it does not exist."""

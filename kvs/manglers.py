@@ -8,6 +8,7 @@ tell them apart); the mangler runs on the user's key only.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable
 
 from kvs import exception
@@ -41,8 +42,17 @@ def check_key(key: object) -> str:
 
 #: Keys longer than this are mangled every time rather than remembered.
 CACHED_KEY_LENGTH = 256
-#: Mangled keys remembered per store; the cache is simply emptied when full.
-CACHE_SIZE = 4096
+#: Mangled keys remembered per store; when full, the oldest quarter is dropped.
+CACHE_SIZE = 16384
+
+
+def _forget_oldest(remembered: dict[str, str]) -> None:
+    """Drop the oldest quarter (dicts keep insertion order)."""
+    try:
+        for key in list(itertools.islice(remembered, CACHE_SIZE // 4)):
+            remembered.pop(key, None)
+    except RuntimeError:  # another thread changed the dict meanwhile
+        remembered.clear()
 
 
 def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
@@ -58,14 +68,13 @@ def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
     remembered: dict[str, str] = {}
 
     def mangle(key: str) -> str:
-        try:
-            return remembered[key]
-        except KeyError:
-            pass
+        mangled = remembered.get(key)
+        if mangled is not None:
+            return mangled
         mangled = head + mangler(key)
         if len(key) <= CACHED_KEY_LENGTH:
             if len(remembered) >= CACHE_SIZE:
-                remembered.clear()  # a race here only costs a recomputation
+                _forget_oldest(remembered)
             remembered[key] = mangled
         return mangled
 

@@ -42,7 +42,7 @@ class Serializer:
     def dumps(self, value: Any) -> bytes:
         raise NotImplementedError
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | memoryview) -> Any:
         raise NotImplementedError
 
 
@@ -72,7 +72,7 @@ class MsgpackSerializer(Serializer):
             raise exception.SerializationError(
                 f"cannot serialize a {type(value).__name__} with msgpack: {exc}") from None
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | memoryview) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
 
 
@@ -104,8 +104,8 @@ class JSONSerializer(Serializer):
     def _refuse(value: Any) -> Any:
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    def loads(self, data: bytes) -> Any:
-        return json.loads(data)
+    def loads(self, data: bytes | memoryview) -> Any:
+        return json.loads(bytes(data))
 
 
 class PickleSerializer(Serializer):
@@ -118,7 +118,7 @@ class PickleSerializer(Serializer):
             raise exception.SerializationError(
                 f"cannot serialize a {type(value).__name__} with pickle: {exc}") from None
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes | memoryview) -> Any:
         return pickle.loads(data)
 
 
@@ -155,11 +155,32 @@ def checked_loads(serializer: Serializer) -> Callable[[bytes], Any]:
     return loads
 
 
+_header_second = -1
+_header = b""
+
+
+def header() -> bytes:
+    """dogpile's metadata header plus separator, ``{"ct":<seconds>,"v":2}|``.
+
+    Rebuilt once a second: kvs does not use the creation time, it is only
+    there so that a region configured by hand can read kvs values.
+    """
+    global _header_second, _header
+    now = int(time.time())
+    if now != _header_second:
+        # Two threads may rebuild it at once; both build the same bytes.
+        _header = b'{"ct":%d,"v":%d}|' % (now, DOGPILE_VALUE_VERSION)
+        _header_second = now
+    return _header
+
+
 def pack(serializer: Serializer, value: Any) -> bytes:
     """Encode ``value`` in dogpile's wire format (``metadata|payload``)."""
-    payload = serializer.dumps(value)
-    header = b'{"ct":%r,"v":%d}' % (time.time(), DOGPILE_VALUE_VERSION)
-    return header + b"|" + payload
+    return header() + serializer.dumps(value)
+
+
+#: Payloads at least this long are decoded from a view instead of a copy.
+_VIEW_FROM = 65536
 
 
 def unpack(serializer: Serializer, data: bytes) -> Any:
@@ -168,9 +189,10 @@ def unpack(serializer: Serializer, data: bytes) -> Any:
     The metadata header is checked for shape only: kvs does not use its
     creation time, and parsing it as JSON would cost more than the payload.
     """
-    header, sep, payload = data.partition(b"|")
-    if not sep or not header.startswith(b"{") or not header.endswith(b"}"):
+    end = data.find(b"|", 0, 128)
+    if end < 2 or data[0] != 0x7B or data[end - 1] != 0x7D:  # b"{...}|"
         raise exception.CorruptValue("stored bytes are not a kvs value (no metadata header)")
+    payload = data[end + 1:] if len(data) < _VIEW_FROM else memoryview(data)[end + 1:]
     try:
         return serializer.loads(payload)
     except Exception as exc:  # any decoder failure means foreign or damaged bytes

@@ -54,6 +54,8 @@ _B = TypeVar("_B", bound="RedisBackend")
 
 def hash_tag(key: str) -> str:
     """``{T}``: the brace-free, injective hash tag of a mangled key."""
+    if key and "%" not in key and "{" not in key and "}" not in key:
+        return "{" + key + "}"  # the common case (hashed keys), without three replaces
     tag = key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     # "{}" would make Redis hash the whole name; "%00" cannot come from escaping.
     return "{" + (tag or "%00") + "}"
