@@ -435,16 +435,16 @@ class KeyValueStore:
             with self._errors(list(mapping)), write_options(ttl=ttl):
                 self._region.set_multi(mapping)
             return
-        mangle, dumps, limit = self._key_mangler, self._serializer.dumps, backend.max_value_size
+        mangle, dumps, check_size = self._key_mangler, self._serializer.dumps, backend.check_size
         head = serializers.header()
         encoded = {}
         current: Any = None  # the key named by an error
         try:  # every value is encoded and checked before anything is written
             for current, value in mapping.items():
                 data = head + dumps(value)
-                if limit is not None and len(data) > limit:
-                    backend.check_size(current, data)
-                encoded[mangle(current)] = data
+                mangled = mangle(current)
+                check_size(mangled, data)
+                encoded[mangled] = data
             current = list(mapping)
             backend.plain_set_multi(encoded, ttl)
         except Exception as exc:

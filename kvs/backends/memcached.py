@@ -117,10 +117,22 @@ def memcached_key(key: str) -> str:
     Safe keys pass unchanged; anything else is hashed, so two different keys
     never share an item and no key can reach the reserved ``~`` namespace.
     """
+    if len(key) <= 250:
+        return _short_memcached_key(key)
+    return _safe_form(key)
+
+
+def _safe_form(key: str) -> str:
     if _VERBATIM_KEY.fullmatch(key):
         return key
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20)
     return _HASHED_PREFIX + digest.hexdigest()
+
+
+# The regex check costs about as much as a loopback round trip's client-side
+# work; services use the same keys again and again, and short keys are cheap
+# to remember.
+_short_memcached_key = functools.lru_cache(maxsize=16384)(_safe_form)
 
 
 def expire_time(seconds: float | None) -> int:
