@@ -52,13 +52,18 @@ class MemoryBackend(LeaseBackend):
         return entry[0]
 
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
+        # Lock-free: one dict lookup is atomic, and entries are replaced, never
+        # mutated.  Only dropping an expired entry takes the lock.
+        entry = self._data.get(key)
+        if entry is None:
+            return NO_VALUE
+        if entry[1] is None or entry[1] > time.monotonic():
+            return entry[0]
         with self._changed:
             return self._read(key, time.monotonic())
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
-        with self._changed:
-            now = time.monotonic()
-            return [self._read(key, now) for key in keys]
+        return [self.get_serialized(key) for key in keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         with self._changed:
