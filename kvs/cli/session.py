@@ -211,7 +211,10 @@ def stop_on_signals() -> Iterator[threading.Event]:
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()
+        # Not stop.set() here: the handler runs in the main thread, which may be
+        # inside stop.wait() holding the event's internal lock, and set() would
+        # then wait for that lock forever.  A helper thread sets it instead.
+        threading.Thread(target=stop.set, name="kvs-signal", daemon=True).start()
 
     previous = {signum: signal.signal(signum, handler)
                 for signum in (signal.SIGINT, signal.SIGTERM)}
