@@ -22,7 +22,7 @@ import pytest
 import kvs
 import kvs.testing
 from kvs import exception
-from tests.fixtures import memcached_servers, redis_servers
+from tests.fixtures import common, memcached_servers, redis_servers
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def stores() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def stranger_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CA file of another, unrelated test CA."""
-    if redis_servers.OPENSSL is None:
+    if common.OPENSSL is None:
         pytest.skip("openssl is not installed (run `make servers`)")
     return redis_servers.Certificates(tmp_path_factory.mktemp("stranger-ca")).ca
 
