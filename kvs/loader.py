@@ -44,12 +44,11 @@ def load_config(paths: Sequence[str] | None = None, args: Sequence[str] | None =
     """
     conf = conf if conf is not None else cfg.ConfigOpts()
     kvs_conf.register_opts(conf)
-    dirs = None
+    # oslo.config looks for <project>.conf(.d) and <prog>.conf(.d); both are
+    # kvs.conf for the kvs command, so each would be read twice.
+    dirs = list(dict.fromkeys(cfg.find_config_dirs(project="kvs", prog="kvs")))
     if paths is None:
-        # oslo.config looks for <project>.conf and <prog>.conf; both are
-        # kvs.conf for the kvs command, so each would be read twice.
         files = list(dict.fromkeys(cfg.find_config_files(project="kvs", prog="kvs")))
-        dirs = list(dict.fromkeys(cfg.find_config_dirs(project="kvs", prog="kvs")))
     else:
         files = list(paths)
     try:

@@ -103,42 +103,12 @@ def _format_in(argv: Sequence[str]) -> str:
     return "table"
 
 
-def default_config_files() -> list[str]:
-    """``etc/kvs.conf`` when run from a checkout, else oslo.config's standard search.
+def default_config_files() -> list[str] | None:
+    """``etc/kvs.conf`` when run from a checkout, else None: oslo.config's search path.
 
-    The search is done here because oslo.config looks for both ``<project>.conf``
-    and ``<prog>.conf``: for ``kvs`` they are the same file, which would be read
-    twice (doubling every ``backend_argument``).
+    :func:`kvs.loader.load_config` reads each default file and directory once.
     """
-    if os.path.isfile(CHECKOUT_CONFIG):
-        return [CHECKOUT_CONFIG]
-    return list(dict.fromkeys(cfg.find_config_files(project="kvs", prog="kvs")))
-
-
-def with_default_config_dirs(argv: Sequence[str]) -> list[str]:
-    """``argv`` with oslo.config's default config dirs given explicitly, each once.
-
-    Like the files (see :func:`default_config_files`), oslo.config finds
-    ``<project>.conf.d`` and ``<prog>.conf.d``, the same directory for ``kvs``.
-    Given as ``--config-dir`` right after the last ``--config-file``, they are
-    read once, in the order oslo.config reads its defaults (files, then dirs).
-    """
-    if any(item == "--config-dir" or item.startswith("--config-dir=") for item in argv):
-        return list(argv)
-    dirs = list(dict.fromkeys(cfg.find_config_dirs(project="kvs", prog="kvs")))
-    position, index = 0, 0
-    while index < len(argv):
-        item = argv[index]
-        if item in ("--config-file", "--format"):
-            index += 1  # skip the option's value
-            if item == "--config-file":
-                position = index + 1
-        elif item.startswith("--config-file="):
-            position = index + 1
-        elif not item.startswith("-"):
-            break  # the sub-command: global options end here
-        index += 1
-    return [*argv[:position], *(f"--config-dir={path}" for path in dirs), *argv[position:]]
+    return [CHECKOUT_CONFIG] if os.path.isfile(CHECKOUT_CONFIG) else None
 
 
 class ScrubbingFormatter(logging.Formatter):
@@ -170,8 +140,7 @@ def load(conf: cfg.ConfigOpts, argv: Sequence[str], stderr: TextIO) -> int | Non
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            loader.load_config(default_config_files(), args=with_default_config_dirs(argv),
-                               conf=conf)
+            loader.load_config(default_config_files(), args=argv, conf=conf)
     except SystemExit as exit_:
         text = captured.getvalue()
         code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
