@@ -51,13 +51,13 @@ def layers(setup: backends.BackendSetup, operation: str) -> tuple[dict[str, Oper
     value = make_value(100)
     data = serializers.pack(codec, value)
     keys = [f"p:{index}" for index in range(100)]
-    mangled = [store._mangle(key) for key in keys]
+    mangled = [store.backend_key(key) for key in keys]
     raw_keys = [f"raw:{key}" for key in keys]
     store.set_multi(dict.fromkeys(keys, value))
     raw.set_multi(dict.fromkeys(raw_keys, value))
     store.set("counter", 0)
     raw.set("raw:counter", 0)
-    mangled_counter = store._mangle("counter")
+    mangled_counter = store.backend_key("counter")
 
     def backend_update(index: int) -> Any:
         token = uuid.uuid4().hex

@@ -139,7 +139,7 @@ def report(url: str, server: RedisServer, count: int, rounds: int) -> None:
     payload = {"name": "value", "list": [1, 2, 3]}
     store.set("g", payload)
     raw.set("raw-g", msgpack.packb(payload))
-    name = hash_tag(store._mangle("g"))
+    name = hash_tag(store.backend_key("g"))
     assert raw.get(name) is not None
     kvs_get = per_call(lambda: store.get("g"), count)
     raw_get = per_call(lambda: msgpack.unpackb(raw.get("raw-g")), count)

@@ -2,13 +2,14 @@
 
 A store is a thin policy layer over one dogpile.cache region:
 
-* reads and writes go through the region, so key mangling and configured
-  proxies apply to every call, locked writes included;
-* the lease token and per-call TTL of a write travel to the backend through
-  :func:`kvs.backends.base.write_options`, and a ``kvs.*`` backend turns a write
-  carrying a token into an atomic fenced write;
-* values are encoded by the store's serializer (msgpack by default), never by
-  pickle unless asked for.
+* it checks keys, mangles them and serializes values (msgpack by default,
+  never pickle unless asked for), in dogpile's wire format;
+* it moves the bytes through one data path (:mod:`kvs.paths`), chosen once at
+  configure time from the region's proxy chain and backend;
+* a locked write is an explicit call: the lock runs
+  ``path.fenced_set(key, data, token, ttl)``, the token travelling down as an
+  argument through every proxy to the backend's atomic check, and the outcome
+  coming back as the return value (see ``README.md``, "Architecture").
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 from dogpile.cache import exception as dogpile_exception
@@ -26,9 +26,11 @@ from dogpile.cache.api import NO_VALUE
 from dogpile.cache.proxy import ProxyBackend
 from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 
-from kvs import exception, manglers, security, serializers
-from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo, write_options
-from kvs.lock import KeyValueStoreLock, Leases
+from kvs import exception, manglers, paths, security, serializers
+from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
+from kvs.errors import translated
+from kvs.lock import KeyValueStoreLock
+from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
 from kvs.stock import StockLeases
 
 LOG = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ _NO_DEFAULT: Any = object()
 #: Client libraries of stock dogpile backends: their errors mean "unavailable".
 _CLIENT_LIBRARIES = frozenset({"redis", "valkey", "pymemcache", "memcache", "pylibmc",
                                "bmemcached"})
+
+#: Errors the store re-raises naming the user's key and the store.
+_RENAMED = (exception.SerializationError, exception.ValueTooLarge, exception.CorruptValue,
+            exception.TamperedValue)
 
 
 def known_backends() -> list[str]:
@@ -85,6 +91,36 @@ def _import_proxy(entry: Any) -> ProxyBackend:
         f"proxy {entry!r} is not a dogpile.cache ProxyBackend", option="proxies")
 
 
+def _build_proxies(proxy_list: Sequence[Any] | None,
+                   seal: security.SealCodec | None) -> list[ProxyBackend]:
+    """Proxy instances for one store, outermost first; the security proxy innermost.
+
+    dogpile's ``wrap()`` points an instance at the backend below it, so one
+    instance in two chains would wire one store into the other's backend:
+    an instance that is already wired, or listed twice, is refused.
+    """
+    if proxy_list is None:
+        proxy_list = []
+    if not isinstance(proxy_list, (list, tuple)):
+        raise exception.ConfigurationError(
+            "proxy_list must be a list or tuple of ProxyBackend classes", option="proxies")
+    proxies = [_import_proxy(entry) for entry in proxy_list]
+    seen: set[int] = set()
+    for proxy in proxies:
+        if getattr(proxy, "proxied", None) is not None or id(proxy) in seen:
+            raise exception.ConfigurationError(
+                f"proxy instance {layer_name(proxy)} is already part of a proxy chain; give "
+                f"each store its own instance (or pass the class)", option="proxies",
+                layer=layer_name(proxy))
+        seen.add(id(proxy))
+        if isinstance(proxy, LeaseProxy):
+            check_lease_proxy(proxy)
+    if seal is not None:
+        # Innermost, so it signs exactly the bytes the backend stores.
+        proxies.append(security.SecurityProxy(seal))
+    return proxies
+
+
 def _non_negative(name: str, value: Any) -> float:
     try:
         number = float(value)
@@ -108,7 +144,10 @@ def _positive_ttl(name: str, value: Any) -> float | None:
 
 
 class KeyValueStore:
-    """A named key-value store.  Get one with :func:`get_key_value_store`."""
+    """A named key-value store.  Get one with :func:`get_key_value_store`.
+
+    Thread-safe: configure it once, then use it from any number of threads.
+    """
 
     def __init__(self, name: str, kvs_region: CacheRegion | None = None) -> None:
         self.name = name
@@ -124,12 +163,7 @@ class KeyValueStore:
         self.backend_name: str | None = None
         self._serializer: serializers.Serializer = serializers.get_serializer(
             serializers.DEFAULT_SERIALIZER)
-        self._leases: Leases | None = None
-        self._lease_backend: LeaseBackend | None = None
-        self._stock: StockLeases | None = None
-        self._has_proxies = False
-        #: The backend to call directly: a kvs backend with no proxy in between.
-        self._direct: LeaseBackend | None = None
+        self._path: paths.DataPath | None = None
         self._key_mangler: Callable[[str], str] = manglers.prefixed(name, None)
 
     def __repr__(self) -> str:
@@ -149,8 +183,9 @@ class KeyValueStore:
 
     @property
     def fenced(self) -> bool:
-        """True when locked writes are fenced by the backend (a ``kvs.*`` backend)."""
-        return self._lease_backend is not None
+        """True when locked writes are fenced by the backend's atomic check."""
+        path = self._path
+        return isinstance(path, paths.LeasePath) and isinstance(path.leases, LeaseBackend)
 
     def configure(self, backing_store: str, key_mangler: Callable[[str], str] | None = None,
                   proxy_list: Sequence[Any] | None = None, locking: bool = True,
@@ -174,23 +209,70 @@ class KeyValueStore:
                    args: dict[str, Any]) -> None:
         # Everything that can fail is checked before region.configure(): once
         # the region holds a backend it cannot be configured again.
+        settings = self._store_settings(args)
+        backend_cls: Any = _load_backend_class(backing_store)
+        self._check_backend_arguments(backing_store, backend_cls, args, settings["default_ttl"])
+        if key_mangler is not None and not callable(key_mangler):
+            raise exception.ConfigurationError("key_mangler must be callable", option="key_mangler")
+        proxies = _build_proxies(proxy_list, settings["seal"])
+        # Mangler precedence, as in Keystone: explicit, else the backend's own,
+        # else SHA-1 when enabled.
+        mangler = key_mangler or getattr(backend_cls, "key_mangler", None)
+        if mangler is None and settings["enable_key_mangler"]:
+            mangler = manglers.sha1_mangle_key
+        blocker = next((proxy for proxy in proxies if not paths.carries_writes(proxy)), None)
+        if blocker is not None and settings["default_ttl"] is not None:
+            raise exception.UnsupportedProxy(
+                f"default_ttl for store {self.name!r} needs every proxy to be a "
+                f"kvs.proxy.LeaseProxy; {layer_name(blocker)} is not",
+                layer=layer_name(blocker), option="default_ttl")
+        stock = None
+        if not issubclass(backend_cls, LeaseBackend):
+            stock = StockLeases(self._region)
+            proxies.append(paths.StockWrites(stock, backing_store))
+        self._configure_region(backing_store, args, proxies)
+        path = paths.choose(self._region, backing_store, stock)
+
+        self._key_mangler = manglers.prefixed(settings["key_prefix"], mangler)
+        self._region.key_mangler = self._key_mangler
+        self._region.serializer = settings["codec"].dumps
+        self._region.deserializer = serializers.checked_loads(settings["codec"])
+        self._path = path
+        self._serializer = settings["codec"]
+        self.locking = bool(locking)
+        self.lock_timeout = settings["lock_timeout"]
+        self.lock_wait_timeout = settings["lock_wait_timeout"]
+        self.key_prefix = settings["key_prefix"]
+        self.default_ttl = settings["default_ttl"]
+        self.security_strategy = settings["strategy"]
+        self.backend_name = backing_store
+        self._warn_about(path, settings)
+
+    def _store_settings(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Pop and validate the arguments the store consumes itself."""
         lock_timeout = _non_negative("lock_timeout", args.pop("lock_timeout", DEFAULT_LOCK_TIMEOUT))
         wait = args.pop("lock_wait_timeout", None)
         if wait is None:
             # 0 means "never expires", not "never wait": waiting forever for a
             # lease that never expires would hang, so wait the default instead.
             wait = lock_timeout if lock_timeout > 0 else DEFAULT_LOCK_TIMEOUT
-        lock_wait_timeout = _non_negative("lock_wait_timeout", wait)
         key_prefix = args.pop("key_prefix", None)
-        key_prefix = self.name if key_prefix is None else str(key_prefix)
-        codec = serializers.get_serializer(
-            args.pop("serializer", None) or serializers.DEFAULT_SERIALIZER)
-        default_ttl = _positive_ttl("default_ttl", args.pop("default_ttl", None))
-        enable_mangler = bool(args.pop("enable_key_mangler", True))
         strategy = args.pop("security_strategy", None) or "none"
-        seal = security.make_codec(strategy, args.pop("secret_key", None))
+        return {
+            "lock_timeout": lock_timeout,
+            "lock_wait_timeout": _non_negative("lock_wait_timeout", wait),
+            "key_prefix": self.name if key_prefix is None else str(key_prefix),
+            "codec": serializers.get_serializer(
+                args.pop("serializer", None) or serializers.DEFAULT_SERIALIZER),
+            "default_ttl": _positive_ttl("default_ttl", args.pop("default_ttl", None)),
+            "enable_key_mangler": bool(args.pop("enable_key_mangler", True)),
+            "strategy": strategy,
+            "seal": security.make_codec(strategy, args.pop("secret_key", None)),
+        }
 
-        backend_cls: Any = _load_backend_class(backing_store)
+    @staticmethod
+    def _check_backend_arguments(backing_store: str, backend_cls: Any, args: dict[str, Any],
+                                 default_ttl: float | None) -> None:
         if issubclass(backend_cls, LeaseBackend):
             unknown = set(args) - set(backend_cls.arguments)
             if unknown:
@@ -203,24 +285,8 @@ class KeyValueStore:
                 f"backend {backing_store} cannot expire individual keys; default_ttl needs "
                 f"a kvs.* backend", option="default_ttl")
 
-        if key_mangler is not None and not callable(key_mangler):
-            raise exception.ConfigurationError("key_mangler must be callable", option="key_mangler")
-        if proxy_list is None:
-            proxy_list = []
-        if not isinstance(proxy_list, (list, tuple)):
-            raise exception.ConfigurationError(
-                "proxy_list must be a list or tuple of ProxyBackend classes", option="proxies")
-        proxies = [_import_proxy(entry) for entry in proxy_list]
-        if seal is not None:
-            # Innermost, so it signs exactly the bytes the backend stores.
-            proxies.append(security.SecurityProxy(seal))
-
-        # Mangler precedence, as in Keystone: explicit, else the backend's own,
-        # else SHA-1 when enabled.
-        mangler = key_mangler or getattr(backend_cls, "key_mangler", None)
-        if mangler is None and enable_mangler:
-            mangler = manglers.sha1_mangle_key
-
+    def _configure_region(self, backing_store: str, args: dict[str, Any],
+                          proxies: list[ProxyBackend]) -> None:
         try:
             self._region.configure(backing_store, arguments=args, wrap=proxies)
         except exception.KVSError:
@@ -234,70 +300,60 @@ class KeyValueStore:
                 f"backend {backing_store} rejected its arguments for store {self.name!r}: "
                 f"{type(exc).__name__}", option="backend_argument") from None
 
-        self._key_mangler = manglers.prefixed(key_prefix, mangler)
-        self._region.key_mangler = self._key_mangler
-        self._region.serializer = codec.dumps
-        self._region.deserializer = serializers.checked_loads(codec)
-        self.locking = bool(locking)
-        self.lock_timeout = lock_timeout
-        self.lock_wait_timeout = lock_wait_timeout
-        self.key_prefix = key_prefix
-        self.default_ttl = default_ttl
-        self.backend_name = backing_store
-        self._serializer = codec
-        self._has_proxies = bool(proxies)
-        actual = self._region.actual_backend
-        if isinstance(actual, LeaseBackend):
-            self._lease_backend = actual
-            self._leases = actual
-            self._direct = None if proxies else actual
-        else:
-            self._stock = StockLeases(self._region)
-            self._leases = self._stock
-            if locking:
-                LOG.warning(
-                    "store %r uses stock backend %s: locks use dogpile's get_mutex and a "
-                    "client-side clock check; writes under a lock are NOT fenced",
-                    self.name, backing_store)
-        self.security_strategy = strategy
-        if codec.name == "pickle" and seal is None:
+    def _warn_about(self, path: paths.DataPath, settings: dict[str, Any]) -> None:
+        if not isinstance(path.leases, LeaseBackend) and self.locking:
+            LOG.warning(
+                "store %r uses stock backend %s: locks use dogpile's get_mutex and a "
+                "client-side clock check; writes under a lock are NOT fenced",
+                self.name, self.backend_name)
+        elif isinstance(path, paths.DogpilePath) and path.blocker is not None:
+            LOG.warning(
+                "store %r: proxy %s is a plain dogpile ProxyBackend, so locked writes and "
+                "per-call TTLs are refused (UnsupportedProxy); make it a kvs.proxy.LeaseProxy",
+                self.name, layer_name(path.blocker))
+        if settings["codec"].name == "pickle" and settings["seal"] is None:
             LOG.warning("store %r uses the pickle serializer without a security_strategy: "
                         "anyone who can write to its backend can run code in this process",
                         self.name)
 
     # -- helpers ------------------------------------------------------------
 
-    def _require_configured(self) -> None:
-        if not self._configured:
+    def _require_path(self) -> paths.DataPath:
+        path = self._path
+        if path is None:
             raise exception.NotConfigured(
                 f"store {self.name!r} is not configured", store=self.name)
+        return path
 
-    def _mangle(self, key: str) -> str:
-        return self._key_mangler(key)
+    def backend_key(self, key: str) -> str:
+        """The key ``key`` is stored under in the backend (prefixed and mangled)."""
+        return self._key_mangler(manglers.check_key(key))
 
     def _ttl(self, ttl: float | None) -> float | None:
-        if ttl is None:
-            return self.default_ttl
-        ttl = _positive_ttl("ttl", ttl)
-        if self._lease_backend is None:
-            raise exception.ConfigurationError(
-                f"backend {self.backend_name} of store {self.name!r} cannot expire "
-                f"individual keys", option="ttl")
-        return ttl
+        return self.default_ttl if ttl is None else _positive_ttl("ttl", ttl)
 
-    def _errors(self, key: Any, reading: bool = False) -> _NameKeyInErrors:
-        """Name the user's key in errors raised below the store."""
-        return _NameKeyInErrors(self, key, reading)
+    def _decode(self, stored: Any) -> Any:
+        return NO_VALUE if stored is NO_VALUE else serializers.unpack(self._serializer, stored)
 
-    def _translate(self, exc: BaseException, key: Any, reading: bool) -> BaseException | None:
-        """The error to raise instead of ``exc`` (None: let ``exc`` through)."""
-        if isinstance(exc, (exception.SerializationError, exception.ValueTooLarge,
-                            exception.CorruptValue, exception.TamperedValue)):
+    def translate_error(self, exc: Exception, operation: str,
+                        args: tuple[Any, ...]) -> BaseException | None:
+        """The error to raise instead of ``exc`` (None: let it through).
+
+        Names the user's key (the method's first argument) and the store.
+        """
+        key = args[0] if args else None
+        if isinstance(key, Mapping):
+            key = list(key)
+        elif isinstance(key, (list, tuple)) and len(key) == 1:
+            key = key[0]
+        if isinstance(exc, _RENAMED):
+            if exc.context.get("store") == self.name:
+                return None  # already named by this store
             return type(exc)(f"key {key!r} in store {self.name!r}: {exc.message}",
                              key=key, store=self.name)
         if isinstance(exc, exception.KVSError):
             return None
-        if reading and isinstance(exc, (ValueError, UnicodeDecodeError)):
+        if operation in _READS and isinstance(exc, (ValueError, UnicodeDecodeError)):
             # dogpile's metadata parsing failed: bytes written by someone else.
             return exception.CorruptValue(
                 f"key {key!r} in store {self.name!r} holds bytes that are not a kvs value "
@@ -309,53 +365,25 @@ class KeyValueStore:
                 f"{type(exc).__name__}", store=self.name)
         return None
 
-    def _check_write_lock(self, key: str, lock: KeyValueStoreLock) -> None:
+    def _check_lock(self, key: str, lock: KeyValueStoreLock) -> None:
         if not isinstance(lock, KeyValueStoreLock):
             raise TypeError(f"lock must be a KeyValueStoreLock, not {type(lock).__name__}")
-        if lock._leases is not self._leases:
+        assert self._path is not None
+        if not lock.issued_by(self._path.leases):
             raise ValueError(f"lock on key {lock.key!r} belongs to store {lock.store!r}, "
                              f"not {self.name!r}")
         lock.check(for_key=key)
-        if self._stock is not None and lock.enabled:
-            assert lock.token is not None
-            if not self._stock.holds(lock.lease_key, lock.token):
-                raise exception.LeaseLost(
-                    f"lease on key {key!r} in store {self.name!r} is no longer held",
-                    key=key, store=self.name)
-
-    def _lease_lost(self, key: str, lock: KeyValueStoreLock) -> exception.LeaseLost:
-        lock._mark_lost()
-        return exception.LeaseLost(
-            f"lease on key {key!r} in store {self.name!r} expired or was taken over; "
-            f"nothing was written", key=key, store=self.name)
 
     # -- reads --------------------------------------------------------------
-    #
-    # With a kvs backend and no proxy, calls go straight to the backend with
-    # the store's own codec (same wire format as dogpile's region); otherwise
-    # through the region, so that every proxy sees every call.
 
+    @translated
     def get(self, key: str) -> Any:
         """Return the value of ``key``; raise :class:`~kvs.exception.NotFound` if missing."""
-        if not self._configured:
-            self._require_configured()
-        manglers.check_key(key)
-        backend = self._direct
-        try:
-            if backend is None:
-                value = self._region.get(key)
-            else:
-                stored = backend.get_serialized(self._key_mangler(key))
-                value = NO_VALUE if stored is NO_VALUE else \
-                    serializers.unpack(self._serializer, stored)
-        except Exception as exc:  # a try, not a context manager: this is the hot path
-            replacement = self._translate(exc, key, reading=True)
-            if replacement is None:
-                raise
-            raise replacement from None
-        if value is NO_VALUE:
+        path = self._path or self._require_path()
+        stored = path.get(self._key_mangler(manglers.check_key(key)))
+        if stored is NO_VALUE:
             raise exception.NotFound(key, store=self.name)
-        return value
+        return serializers.unpack(self._serializer, stored)
 
     def exists(self, key: str) -> bool:
         """True if ``key`` holds a value (it may still expire right after)."""
@@ -365,20 +393,15 @@ class KeyValueStore:
             return False
         return True
 
+    @translated
     def get_multi(self, keys: Iterable[str]) -> list[Any]:
         """Values in key order; NotFound listing every missing key if any is missing."""
-        self._require_configured()
+        path = self._require_path()
         keys = [manglers.check_key(key) for key in keys]
         if not keys:
             return []
-        backend = self._direct
-        with self._errors(keys[0] if len(keys) == 1 else keys, reading=True):
-            if backend is None:
-                values = list(self._region.get_multi(keys))
-            else:
-                mangle, codec, unpack = self._key_mangler, self._serializer, serializers.unpack
-                stored = backend.get_serialized_multi([mangle(key) for key in keys])
-                values = [item if item is NO_VALUE else unpack(codec, item) for item in stored]
+        mangle = self._key_mangler
+        values = [self._decode(item) for item in path.get_multi([mangle(key) for key in keys])]
         if NO_VALUE in values:
             missing = [key for key, value in zip(keys, values) if value is NO_VALUE]
             raise exception.NotFound(missing, store=self.name)
@@ -386,114 +409,72 @@ class KeyValueStore:
 
     # -- writes -------------------------------------------------------------
 
+    @translated
     def set(self, key: str, value: Any, lock: KeyValueStoreLock | None = None,
             ttl: float | None = None) -> None:
         """Store ``value``.  With ``lock=``, only if that lease is still ours."""
-        if not self._configured:
-            self._require_configured()
-        manglers.check_key(key)
+        path = self._path or self._require_path()
+        mangled = self._key_mangler(manglers.check_key(key))
         ttl = self.default_ttl if ttl is None else self._ttl(ttl)
-        token = None
         if lock is not None:
-            self._check_write_lock(key, lock)
-            if lock.enabled and self._lease_backend is not None:
-                token = lock.token
-        backend = self._direct
-        try:
-            if backend is None:
-                with write_options(ttl=ttl, token=token) as options:
-                    self._region.set(key, value)
-                outcome = options.outcome
-            else:
-                mangled = self._key_mangler(key)
-                data = serializers.pack(self._serializer, value)
-                backend.check_size(mangled, data)
-                if token is None:
-                    backend.plain_set(mangled, data, ttl)
-                    return
-                outcome = backend.fenced_set(mangled, data, token, ttl)
-        except Exception as exc:  # a try, not a context manager: this is the hot path
-            replacement = self._translate(exc, key, reading=False)
-            if replacement is None:
-                raise
-            raise replacement from None
-        if outcome is Fenced.LEASE_LOST:
-            assert lock is not None
-            raise self._lease_lost(key, lock)
+            self._check_lock(key, lock)
+        data = serializers.pack(self._serializer, value)
+        if lock is None or not lock.enabled:
+            path.set(mangled, data, ttl)
+        else:
+            lock.fenced(key, lambda token: path.fenced_set(mangled, data, token, ttl))
 
+    @translated
     def set_multi(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
-        """Store several values (atomically where the backend allows).  No lock."""
-        self._require_configured()
+        """Store several values (atomically where the backend allows).  No lock.
+
+        Every value is encoded before anything is written.
+        """
+        path = self._require_path()
         mapping = dict(mapping)
         for key in mapping:
             manglers.check_key(key)
         if not mapping:
             return
         ttl = self._ttl(ttl)
-        backend = self._direct
-        if backend is None:
-            with self._errors(list(mapping)), write_options(ttl=ttl):
-                self._region.set_multi(mapping)
-            return
-        mangle, dumps, check_size = self._key_mangler, self._serializer.dumps, backend.check_size
-        head = serializers.header()
+        mangle, dumps, head = self._key_mangler, self._serializer.dumps, serializers.header()
         encoded = {}
-        current: Any = None  # the key named by an error
-        try:  # every value is encoded and checked before anything is written
-            for current, value in mapping.items():
-                data = head + dumps(value)
-                mangled = mangle(current)
-                check_size(mangled, data)
-                encoded[mangled] = data
-            current = list(mapping)
-            backend.plain_set_multi(encoded, ttl)
-        except Exception as exc:
-            replacement = self._translate(exc, current, reading=False)
-            if replacement is None:
-                raise
-            raise replacement from None
+        for key, value in mapping.items():
+            encoded[mangle(key)] = self._encode_named(key, head, dumps, value)
+        path.set_multi(encoded, ttl)
 
+    def _encode_named(self, key: str, head: bytes, dumps: Callable[[Any], bytes],
+                      value: Any) -> bytes:
+        """One value of set_multi; an encoding error names that key, not all of them."""
+        try:
+            return head + dumps(value)
+        except exception.SerializationError as exc:
+            raise exception.SerializationError(
+                f"key {key!r} in store {self.name!r}: {exc.message}",
+                key=key, store=self.name) from exc
+
+    @translated
     def delete(self, key: str, lock: KeyValueStoreLock | None = None) -> None:
         """Delete ``key``; raise :class:`~kvs.exception.NotFound` if it does not exist."""
-        self._require_configured()
-        manglers.check_key(key)
-        token = None
+        path = self._require_path()
+        mangled = self._key_mangler(manglers.check_key(key))
         if lock is not None:
-            self._check_write_lock(key, lock)
-            if lock.enabled and self._lease_backend is not None:
-                token = lock.token
-        if self._lease_backend is None:
-            # Stock backends do not say whether the key existed: read first.
-            self.get(key)
-        backend = self._direct
-        existed: bool | None = None
-        with self._errors(key):
-            if backend is None:
-                with write_options(token=token) as options:
-                    self._region.delete(key)
-                outcome, existed = options.outcome, options.existed
-            elif token is None:
-                outcome, existed = None, backend.plain_delete(self._key_mangler(key))
-            else:
-                outcome = backend.fenced_delete(self._key_mangler(key), token)
-        if outcome is Fenced.LEASE_LOST:
-            assert lock is not None
-            raise self._lease_lost(key, lock)
-        if outcome is Fenced.MISSING or existed is False:
+            self._check_lock(key, lock)
+        if lock is None or not lock.enabled:
+            found = path.delete(mangled)
+        else:
+            found = lock.fenced(
+                key, lambda token: path.fenced_delete(mangled, token)) is Fenced.WRITTEN
+        if not found:
             raise exception.NotFound(key, store=self.name)
 
+    @translated
     def delete_multi(self, keys: Iterable[str]) -> None:
         """Delete every key that exists; missing keys are fine.  No lock."""
-        self._require_configured()
+        path = self._require_path()
         keys = [manglers.check_key(key) for key in keys]
-        if not keys:
-            return
-        backend = self._direct
-        with self._errors(keys):
-            if backend is None:
-                self._region.delete_multi(keys)
-            else:
-                backend.delete_multi([self._key_mangler(key) for key in keys])
+        if keys:
+            path.delete_multi([self._key_mangler(key) for key in keys])
 
     # -- locking ------------------------------------------------------------
 
@@ -503,23 +484,19 @@ class KeyValueStore:
 
         ``lock_timeout``/``lock_wait_timeout`` override the store's for this lock.
         """
-        self._require_configured()
+        path = self._require_path()
         manglers.check_key(key)
-        assert self._leases is not None
         timeout = (self.lock_timeout if lock_timeout is None
                    else _non_negative("lock_timeout", lock_timeout))
         wait = (self.lock_wait_timeout if lock_wait_timeout is None
                 else _non_negative("lock_wait_timeout", lock_wait_timeout))
-        return KeyValueStoreLock(self._leases, key, self._mangle(key), timeout, wait,
+        return KeyValueStoreLock(path.leases, key, self._key_mangler(key), timeout, wait,
                                  enabled=self.locking, store=self.name)
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         """Who holds the lease on ``key`` right now (token, fence, time left)."""
-        self._require_configured()
-        assert self._leases is not None
-        info: LeaseInfo | None = self._leases.lease_info(
-            self._mangle(manglers.check_key(key)))
-        return info
+        path = self._require_path()
+        return path.leases.lease_info(self._key_mangler(manglers.check_key(key)))
 
     def break_lock(self, key: str) -> bool:
         """Operator override: drop the lease on ``key`` whoever holds it.
@@ -527,9 +504,9 @@ class KeyValueStore:
         The old holder's next fenced write is refused.  Returns whether a lease
         was there.
         """
-        self._require_configured()
-        leases: Any = self._leases
-        return bool(leases.break_lease(self._mangle(manglers.check_key(key))))
+        path = self._require_path()
+        leases: Any = path.leases
+        return bool(leases.break_lease(self._key_mangler(manglers.check_key(key))))
 
     def update(self, key: str, fn: Callable[[Any], Any], default: Any = _NO_DEFAULT,
                ttl: float | None = None) -> Any:
@@ -540,12 +517,12 @@ class KeyValueStore:
         and returns the new value.  Raises LockTimeout, writing nothing, if the
         lease is lost meanwhile.
         """
-        self._require_configured()
+        path = self._require_path()
         manglers.check_key(key)
         ttl = self._ttl(ttl)
         lock = self.get_lock(key)
-        if self._lease_backend is not None and self.locking and not self._has_proxies:
-            return self._update_fast(lock, fn, default, ttl)
+        if path.backend is not None and self.locking:
+            return self._update_in_two_round_trips(path.backend, lock, fn, default, ttl)
         with lock:
             try:
                 current = self.get(key)
@@ -557,75 +534,58 @@ class KeyValueStore:
             self.set(key, new, lock=lock, ttl=ttl)
         return new
 
-    def _update_fast(self, lock: KeyValueStoreLock, fn: Callable[[Any], Any], default: Any,
-                     ttl: float | None) -> Any:
-        """update() in two backend round trips: acquire+read, then write+release."""
-        backend = self._lease_backend
-        assert backend is not None
-        key = lock.key
-        with self._errors(key, reading=True):
-            stored = lock.acquire_and_get(backend)
+    def _update_in_two_round_trips(self, backend: LeaseBackend, lock: KeyValueStoreLock,
+                                   fn: Callable[[Any], Any], default: Any,
+                                   ttl: float | None) -> Any:
+        """update() with no proxy: acquire+read, then fenced write+release.
+
+        ``fn`` runs outside error translation: its own errors reach the caller
+        unchanged.
+        """
+        current = self._acquire_and_read(lock.key, lock, backend, default)
         try:
-            if stored is NO_VALUE:
-                if default is _NO_DEFAULT:
-                    raise exception.NotFound(key, store=self.name)
-                current = default
-            else:
-                with self._errors(key, reading=True):
-                    current = serializers.unpack(self._serializer, stored)
             new = fn(current)
-            with self._errors(key):
-                data = serializers.pack(self._serializer, new)
-                backend.check_size(lock.lease_key, data)
-            lock.check(for_key=key)
-            assert lock.token is not None
-            with self._errors(key):
-                outcome = backend.fenced_set_and_release(lock.lease_key, data, lock.token, ttl)
+            self._write_and_release(lock.key, lock, backend, new, ttl)
         except BaseException:
             lock.release()
             raise
-        if outcome is Fenced.LEASE_LOST:
-            raise self._lease_lost(key, lock)
-        lock._mark_released()
         return new
+
+    @translated
+    def _acquire_and_read(self, key: str, lock: KeyValueStoreLock, backend: LeaseBackend,
+                          default: Any) -> Any:
+        stored = lock.acquire_and_get(backend)
+        try:
+            if stored is not NO_VALUE:
+                return serializers.unpack(self._serializer, stored)
+            if default is _NO_DEFAULT:
+                raise exception.NotFound(key, store=self.name)
+            return default
+        except BaseException:
+            lock.release()
+            raise
+
+    @translated
+    def _write_and_release(self, key: str, lock: KeyValueStoreLock, backend: LeaseBackend,
+                           value: Any, ttl: float | None) -> None:
+        data = serializers.pack(self._serializer, value)
+        lock.fenced_and_release(lambda token: backend.fenced_set_and_release(
+            lock.lease_key, data, token, ttl))
 
     # -- health -------------------------------------------------------------
 
+    @translated
     def ping(self) -> None:
         """Raise :class:`~kvs.exception.BackendUnavailable` if the backend is unreachable."""
-        self._require_configured()
-        if self._lease_backend is not None:
-            with self._errors("<ping>"):
-                self._lease_backend.ping()
+        path = self._require_path()
+        if isinstance(path.leases, LeaseBackend):
+            path.leases.ping()
         else:
-            with self._errors("<ping>"):
-                self._region.get("\x00kvs-ping")
+            path.get("\x00kvs-ping")
 
 
-class _NameKeyInErrors:
-    """Context manager: re-raise errors from below the store naming the user's key.
-
-    A class rather than a generator-based context manager: it sits on every
-    call's hot path.
-    """
-
-    __slots__ = ("key", "reading", "store")
-
-    def __init__(self, store: KeyValueStore, key: Any, reading: bool) -> None:
-        self.store = store
-        self.key = key
-        self.reading = reading
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc is None:
-            return
-        replacement = self.store._translate(exc, self.key, self.reading)
-        if replacement is not None:
-            raise replacement from None
+#: Store methods whose ValueErrors from below mean "foreign bytes".
+_READS = frozenset({"get", "get_multi", "_acquire_and_read"})
 
 
 # -- registry ---------------------------------------------------------------

@@ -65,6 +65,26 @@ class LeaseLost(LockTimeout):
     """
 
 
+class UnsupportedProxy(KVSError, RuntimeError):
+    """A proxy between the store and the backend cannot carry this write.
+
+    Raised for a locked write (or a write with a per-call TTL) when a layer of
+    the store's ``proxy_list`` is a plain dogpile ``ProxyBackend`` rather than
+    a :class:`kvs.proxy.LeaseProxy`.  Raised before anything is sent: nothing
+    was written.  ``context["layer"]`` names the proxy class.
+    """
+
+
+class UnconfirmedWrite(KVSError, RuntimeError):
+    """A layer returned no fenced-write outcome, so the write cannot be confirmed.
+
+    A :class:`kvs.proxy.LeaseProxy` must return what the layer below it
+    returned.  One that returned something else (``None``: it swallowed the
+    call) is named in ``context["layer"]``.  The store does not report success
+    for such a write; whether it landed is unknown.
+    """
+
+
 class ConfigurationError(KVSError, ValueError):
     """A configuration value, option or ``configure()`` argument is wrong."""
 

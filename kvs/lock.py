@@ -12,10 +12,21 @@ stopped by the backend's fenced write and gets
 :class:`~kvs.exception.LeaseLost`.
 
 All client-side time is ``time.monotonic()``.
+
+A lock is in exactly one :class:`LockState`: ``IDLE`` (never acquired),
+``HELD``, ``LOST`` (the backend refused a fenced write or an extend: every
+later write raises :class:`~kvs.exception.LeaseLost`) or ``RELEASED``.  The
+lock changes its own state; the store only asks it to run a fenced write
+(:meth:`KeyValueStoreLock.fenced`) and reads the outcome.
+
+Thread-safety: a ``KeyValueStoreLock`` is used by one thread at a time (like
+a file object).  Share one between threads only under your own lock.  Stores
+and backends are thread-safe.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import time
@@ -26,7 +37,7 @@ from typing import Protocol
 from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
-from kvs.backends.base import LeaseBackend, LeaseInfo
+from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -37,6 +48,16 @@ MAX_LOCK_WINDOW = 1.0
 def safety_window(lock_timeout: float) -> float:
     """Seconds between the holder's expiry and the backend's (each side of T)."""
     return min(MAX_LOCK_WINDOW, lock_timeout / 4.0)
+
+
+class LockState(enum.Enum):
+    """Where a lock is in its life."""
+
+    IDLE = "idle"
+    HELD = "held"
+    #: The backend refused a fenced write or an extend; release() is local only.
+    LOST = "lost"
+    RELEASED = "released"
 
 
 class Leases(Protocol):
@@ -75,11 +96,23 @@ class KeyValueStoreLock:
         self.token: str | None = None
         #: Strictly increasing per key and store across acquisitions; None before.
         self.fence: int | None = None
-        self.active = False
-        self._lost = False
+        self._state = LockState.IDLE
         self._valid_until: float | None = None
 
     # -- state --------------------------------------------------------------
+
+    @property
+    def state(self) -> LockState:
+        return self._state
+
+    @property
+    def active(self) -> bool:
+        """True from acquire() until release(), lost or not."""
+        return self._state is LockState.HELD or self._state is LockState.LOST
+
+    def issued_by(self, leases: object) -> bool:
+        """True if this lock takes its leases from ``leases`` (the store's own)."""
+        return self._leases is leases
 
     @property
     def expired(self) -> bool:
@@ -102,8 +135,7 @@ class KeyValueStoreLock:
 
     def _start(self, fence: int, started: float) -> None:
         self.fence = fence
-        self.active = True
-        self._lost = False
+        self._state = LockState.HELD
         if self.lock_timeout == 0:
             self._valid_until = None
         else:
@@ -191,15 +223,15 @@ class KeyValueStoreLock:
         """
         if not self.active:
             return
-        if not self.enabled or self._lost:
-            self.active = False
+        if not self.enabled or self._state is LockState.LOST:
+            self._state = LockState.RELEASED
             return
         assert self.token is not None
         late = self._valid_until is not None and time.monotonic() >= self._valid_until
-        # Stays active if this raises, so release() can be retried: it is a
+        # Stays held if this raises, so release() can be retried: it is a
         # compare-and-delete, safe to repeat.
         released = self._leases.release_lease(self.lease_key, self.token)
-        self.active = False
+        self._state = LockState.RELEASED
         if late:
             LOG.warning("lock on key %r in store %r released after its timeout (%s s)",
                         self.key, self.store, self.lock_timeout)
@@ -220,7 +252,7 @@ class KeyValueStoreLock:
             return
         assert self.token is not None
         if not self._leases.extend_lease(self.lease_key, self.token, seconds):
-            self._mark_lost()
+            self._state = LockState.LOST
             raise exception.LeaseLost(
                 f"lease on key {self.key!r} in store {self.store!r} was lost; cannot extend",
                 key=self.key, store=self.store)
@@ -232,7 +264,7 @@ class KeyValueStoreLock:
             raise ValueError(f"lock is for key {self.key!r}, not {for_key!r}")
         if not self.active:
             raise ValueError(f"lock on key {self.key!r} is not active; acquire it first")
-        if self._lost:
+        if self._state is LockState.LOST:
             raise exception.LeaseLost(
                 f"lease on key {self.key!r} in store {self.store!r} was lost",
                 key=self.key, store=self.store)
@@ -241,13 +273,30 @@ class KeyValueStoreLock:
                 f"lock timeout occurred for key {self.key!r} in store {self.store!r}",
                 key=self.key, store=self.store)
 
-    def _mark_released(self) -> None:
-        """The backend already dropped the lease (a combined write+release)."""
-        self.active = False
+    def fenced(self, for_key: str, write: Callable[[str], Fenced]) -> Fenced:
+        """Run ``write(token)``, one fenced write under this lease, and take its outcome.
 
-    def _mark_lost(self) -> None:
-        """The backend refused a fenced write: every later use raises LeaseLost."""
-        self._lost = True
+        The lease is checked first (``LockTimeout``/``LeaseLost`` before
+        anything is sent).  If the backend answers ``LEASE_LOST`` the lock
+        becomes ``LOST`` and :class:`~kvs.exception.LeaseLost` is raised:
+        nothing was written.  Otherwise the outcome (``WRITTEN``, or
+        ``MISSING`` for a delete) is returned.
+        """
+        self.check(for_key=for_key)
+        assert self.token is not None
+        outcome = write(self.token)
+        if outcome is Fenced.LEASE_LOST:
+            self._state = LockState.LOST
+            raise exception.LeaseLost(
+                f"lease on key {self.key!r} in store {self.store!r} expired or was taken "
+                f"over; nothing was written", key=self.key, store=self.store)
+        return outcome
+
+    def fenced_and_release(self, write: Callable[[str], Fenced]) -> Fenced:
+        """:meth:`fenced` for a write that also gives the lease back (``update()``)."""
+        outcome = self.fenced(self.key, write)
+        self._state = LockState.RELEASED
+        return outcome
 
     # -- context manager ----------------------------------------------------
 
@@ -259,5 +308,4 @@ class KeyValueStoreLock:
         self.release()
 
     def __repr__(self) -> str:
-        state = "active" if self.active else "inactive"
-        return f"<KeyValueStoreLock key={self.key!r} {state} fence={self.fence}>"
+        return f"<KeyValueStoreLock key={self.key!r} {self._state.value} fence={self.fence}>"

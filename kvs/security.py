@@ -15,8 +15,8 @@ A value that fails the check raises :class:`~kvs.exception.TamperedValue` and
 is never deserialized.  This follows keystonemiddleware's
 ``memcache_security_strategy``.
 
-It is applied as the innermost dogpile ``ProxyBackend``, so it sees exactly
-the bytes the backend stores, locked (fenced) writes included.
+It is applied as the innermost proxy (a :class:`~kvs.proxy.LeaseProxy`), so
+it sees exactly the bytes the backend stores, locked (fenced) writes included.
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any
-
-from dogpile.cache.api import NO_VALUE
-from dogpile.cache.proxy import ProxyBackend
 
 from kvs import exception
+from kvs.proxy import LeaseProxy
 
 STRATEGIES = ("none", "mac", "encrypt")
 
@@ -46,7 +42,9 @@ def _derive(secret: str, purpose: bytes) -> bytes:
                     hashlib.sha256).digest()
 
 
-class _Codec:
+class SealCodec:
+    """Seals serialized bytes to their backend key; opens them or raises TamperedValue."""
+
     magic = b""
 
     def seal(self, key: str, value: bytes) -> bytes:
@@ -56,7 +54,7 @@ class _Codec:
         raise NotImplementedError
 
 
-class MacCodec(_Codec):
+class MacCodec(SealCodec):
     magic = _MAC_MAGIC
 
     def __init__(self, secret: str) -> None:
@@ -79,7 +77,7 @@ class MacCodec(_Codec):
         return value
 
 
-class EncryptCodec(_Codec):
+class EncryptCodec(SealCodec):
     magic = _ENC_MAGIC
 
     def __init__(self, secret: str) -> None:
@@ -108,7 +106,7 @@ class EncryptCodec(_Codec):
             raise exception.TamperedValue("stored value failed decryption") from None
 
 
-def make_codec(strategy: str, secret_key: str | None) -> _Codec | None:
+def make_codec(strategy: str, secret_key: str | None) -> SealCodec | None:
     """The codec for ``strategy``, or None for ``none``; validates the secret."""
     if strategy not in STRATEGIES:
         raise exception.ConfigurationError(
@@ -123,32 +121,22 @@ def make_codec(strategy: str, secret_key: str | None) -> _Codec | None:
     return MacCodec(secret_key) if strategy == "mac" else EncryptCodec(secret_key)
 
 
-class SecurityProxy(ProxyBackend):
-    """Seals values on their way to the backend and checks them on the way back."""
+class SecurityProxy(LeaseProxy):
+    """Seals values on their way to the backend and checks them on the way back.
 
-    def __init__(self, codec: _Codec) -> None:
+    A :class:`~kvs.proxy.LeaseProxy` that overrides only the value hooks, so
+    plain, multi and fenced writes are all sealed alike.
+    """
+
+    def __init__(self, codec: SealCodec) -> None:
         super().__init__()
         self._codec = codec
 
-    def _open(self, key: str, stored: Any) -> Any:
-        if stored is NO_VALUE or stored is None:
-            return stored
+    def encode_value(self, key: str, value: bytes) -> bytes:
+        return self._codec.seal(key, value)
+
+    def decode_value(self, key: str, stored: bytes) -> bytes:
         try:
             return self._codec.open(key, bytes(stored))
         except exception.TamperedValue as exc:
             raise exception.TamperedValue(f"{exc.message} (backend key {key[:60]!r})") from None
-
-    def get_serialized(self, key: str) -> Any:
-        return self._open(key, self.proxied.get_serialized(key))
-
-    def get_serialized_multi(self, keys: Iterable[str]) -> Any:
-        keys = list(keys)
-        stored = self.proxied.get_serialized_multi(keys)
-        return [self._open(key, value) for key, value in zip(keys, stored)]
-
-    def set_serialized(self, key: str, value: bytes) -> None:
-        self.proxied.set_serialized(key, self._codec.seal(key, value))
-
-    def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
-        self.proxied.set_serialized_multi(
-            {key: self._codec.seal(key, value) for key, value in mapping.items()})

@@ -15,13 +15,18 @@ backend: one transaction, one Lua script, one critical section:
 ``fenced_delete``      delete only if the key's lease holds this token
 =====================  =======================================================
 
-The store never calls the fenced methods directly for ordinary writes: it
-calls ``region.set``/``region.delete`` so that configured proxies see every
-write, and passes the lease token and the per-call TTL down through
-:func:`write_options` (a context variable).  The backend's
-``set_serialized``/``delete`` look at :func:`current_write_options` and turn
-into ``fenced_set``/``fenced_delete`` when a token is present, recording the
-:class:`Fenced` outcome for the store to read back.
+A locked write is one explicit call chain: the store calls ``fenced_set`` or
+``fenced_delete`` on the top of its proxy chain (or on the backend itself)
+with the lease token as an argument, each :class:`kvs.proxy.LeaseProxy` on the
+way hands it down, and the :class:`Fenced` outcome comes back as the return
+value.  Nothing ambient (no context variable, no thread-local, no field set as
+a side effect) decides whether a write is fenced.  Unlocked writes use
+``plain_set``/``plain_set_multi``/``plain_delete``, which take the TTL as an
+argument.  dogpile's own write calls (``set_serialized``, ``delete``...), made
+by a plain dogpile region, are plain writes without a TTL.
+
+Every write call checks the size of the bytes it is given
+(:meth:`LeaseBackend.check_size`) before anything is sent.
 
 Lease keys are derived by the backend from the mangled data key, so a key and
 its lease always live together (in one SQLite row space, one Redis hash slot,
@@ -31,12 +36,10 @@ one memcached server).
 from __future__ import annotations
 
 import abc
-import contextlib
-import contextvars
 import dataclasses
 import enum
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, NoValue
@@ -52,41 +55,6 @@ class Fenced(enum.Enum):
     MISSING = "missing"
     #: The lease is held by another token, or has expired: nothing was written.
     LEASE_LOST = "lease_lost"
-
-
-@dataclasses.dataclass
-class WriteOptions:
-    """Per-call write parameters, passed from the store to the backend."""
-
-    #: Seconds until the written value expires; ``None`` keeps it forever.
-    ttl: float | None = None
-    #: Lease token: when set, the write must be fenced by this token.
-    token: str | None = None
-    #: Set by the backend after a fenced write or delete.
-    outcome: Fenced | None = None
-    #: Set by the backend after a plain delete: whether the key existed.
-    existed: bool | None = None
-
-
-_write_options: contextvars.ContextVar[WriteOptions | None] = contextvars.ContextVar(
-    "kvs_write_options", default=None
-)
-
-
-@contextlib.contextmanager
-def write_options(ttl: float | None = None, token: str | None = None) -> Iterator[WriteOptions]:
-    """Make ``ttl``/``token`` visible to the backend for the writes in this block."""
-    options = WriteOptions(ttl=ttl, token=token)
-    reset = _write_options.set(options)
-    try:
-        yield options
-    finally:
-        _write_options.reset(reset)
-
-
-def current_write_options() -> WriteOptions:
-    """The options of the enclosing :func:`write_options` block, or defaults."""
-    return _write_options.get() or WriteOptions()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +205,11 @@ class LeaseBackend(BytesBackend, abc.ABC):
                 f"value for key {key!r} is {len(value)} bytes, above the limit of "
                 f"{self.max_value_size} bytes", key=key, size=len(value))
 
+    def check_sizes(self, mapping: Mapping[str, bytes]) -> None:
+        """:meth:`check_size` for every value, before any of them is written."""
+        for key, value in mapping.items():
+            self.check_size(key, value)
+
     # -- the lease contract -------------------------------------------------
 
     @abc.abstractmethod
@@ -280,7 +253,8 @@ class LeaseBackend(BytesBackend, abc.ABC):
         time.sleep(max(0.0, min(timeout, 0.01)))
 
     # Optional combined round trips, used by ``KeyValueStore.update`` when no
-    # proxy is configured.  The defaults compose the single calls.
+    # proxy is configured (a proxy must see the read and the write, so with
+    # proxies update() makes the single calls).  The defaults compose them.
 
     def acquire_lease_and_get(
         self, key: str, token: str, ttl: float | None
@@ -299,35 +273,24 @@ class LeaseBackend(BytesBackend, abc.ABC):
             self.release_lease(key, token)
         return outcome
 
-    # -- dogpile's write entry points, routed through write_options ---------
+    # -- dogpile's write entry points: plain writes without a TTL -------------
 
     def set_serialized(self, key: str, value: bytes) -> None:  # type: ignore[override]
-        options = current_write_options()
-        self.check_size(key, value)
-        if options.token is not None:
-            options.outcome = self.fenced_set(key, value, options.token, options.ttl)
-        else:
-            self.plain_set(key, value, options.ttl)
+        self.plain_set(key, value, None)
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:  # type: ignore[override]
-        for key, value in mapping.items():
-            self.check_size(key, value)
-        self.plain_set_multi(mapping, current_write_options().ttl)
+        self.plain_set_multi(mapping, None)
 
     def delete(self, key: str) -> None:  # type: ignore[override]
-        options = current_write_options()
-        if options.token is not None:
-            options.outcome = self.fenced_delete(key, options.token)
-        else:
-            options.existed = self.plain_delete(key)
+        self.plain_delete(key)
 
     @abc.abstractmethod
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
-        """Write without a lease check."""
+        """Write without a lease check (``ttl`` seconds; ``None``: no expiry)."""
 
     @abc.abstractmethod
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
-        """Write many values atomically where the backend allows."""
+        """Write many values atomically where the backend allows; sizes checked first."""
 
     @abc.abstractmethod
     def plain_delete(self, key: str) -> bool:

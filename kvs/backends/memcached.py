@@ -525,6 +525,7 @@ class MemcachedBackend(LeaseBackend):
         return [found.get(safe, NO_VALUE) for safe in safe_keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.check_size(key, value)
         safe, server = self._route(key)
         try:
             server.client().set(safe, value, self._data_expire(ttl), noreply=False)
@@ -532,6 +533,7 @@ class MemcachedBackend(LeaseBackend):
             raise server.failure(exc) from exc
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        self.check_sizes(mapping)
         expire = self._data_expire(ttl)
         groups: dict[Server, dict[str, bytes]] = collections.defaultdict(dict)
         for key, value in mapping.items():
@@ -631,6 +633,7 @@ class MemcachedBackend(LeaseBackend):
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         # Check, then write: two steps memcached cannot join (module docstring).
+        self.check_size(key, value)
         safe, server = self._route(key)
         try:
             client = server.client()

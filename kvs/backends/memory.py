@@ -66,10 +66,12 @@ class MemoryBackend(LeaseBackend):
         return [self.get_serialized(key) for key in keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.check_size(key, value)
         with self._changed:
             self._data[key] = (value, _deadline(ttl))
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        self.check_sizes(mapping)
         deadline = _deadline(ttl)
         with self._changed:
             for key, value in mapping.items():
@@ -130,6 +132,7 @@ class MemoryBackend(LeaseBackend):
             return True
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        self.check_size(key, value)
         with self._changed:
             if self._holder(key, time.monotonic()) != token:
                 return Fenced.LEASE_LOST

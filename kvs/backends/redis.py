@@ -540,6 +540,7 @@ return #KEYS
 
     @translate_errors
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.check_size(key, value)
         name = hash_tag(key)
         if ttl is None:
             self._write(key, lambda client: client.set(name, value))
@@ -548,6 +549,7 @@ return #KEYS
 
     @translate_errors
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        self.check_sizes(mapping)
         if not mapping:
             return
         first = next(iter(mapping))
@@ -608,6 +610,7 @@ return #KEYS
 
     @translate_errors
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        self.check_size(key, value)
         tag = hash_tag(key)
         script = self._script("FENCED_SET")
         written = self._write(key, lambda client: script(
@@ -617,6 +620,7 @@ return #KEYS
     @translate_errors
     def fenced_set_and_release(self, key: str, value: bytes, token: str,
                                ttl: float | None) -> Fenced:
+        self.check_size(key, value)
         tag = hash_tag(key)
         script = self._script("FENCED_SET_AND_RELEASE")
         written = self._write(key, lambda client: script(

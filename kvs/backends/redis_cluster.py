@@ -96,6 +96,7 @@ class RedisClusterBackend(RedisBackend):
 
     @translate_errors
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
+        self.check_sizes(mapping)
         if not mapping:
             return
         names = {hash_tag(key): value for key, value in mapping.items()}

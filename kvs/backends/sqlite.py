@@ -341,8 +341,7 @@ class SQLiteBackend(LeaseBackend):
             connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
-        for key, value in mapping.items():
-            self.check_size(key, value)
+        self.check_sizes(mapping)
         with self._transaction() as connection:
             expires = _expiry(_now(), ttl)
             connection.executemany(

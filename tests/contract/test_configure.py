@@ -7,39 +7,39 @@ import uuid
 from typing import Any
 
 import pytest
-from dogpile.cache.proxy import ProxyBackend
 
 import kvs
 from kvs import exception, manglers
+from kvs.backends.base import Fenced
+from kvs.proxy import LeaseProxy
 
 CALLS: list[tuple[str, str]] = []
 
 
-class RecordingProxy(ProxyBackend):
+class RecordingProxy(LeaseProxy):
     """Records which writes and reads pass through it, in order."""
 
     label = "outer"
 
-    def set_serialized(self, key: Any, value: Any) -> None:
-        CALLS.append((self.label, "set"))
-        self.proxied.set_serialized(key, value)
-
     def get_serialized(self, key: Any) -> Any:
         CALLS.append((self.label, "get"))
-        return self.proxied.get_serialized(key)
+        return super().get_serialized(key)
 
-    def delete(self, key: Any) -> None:
-        CALLS.append((self.label, "delete"))
-        self.proxied.delete(key)
-
-    # Stock (object) backends are called through the non-serialized methods.
-    def set(self, key: Any, value: Any) -> None:
+    def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         CALLS.append((self.label, "set"))
-        self.proxied.set(key, value)
+        super().plain_set(key, value, ttl)
 
-    def get(self, key: Any) -> Any:
-        CALLS.append((self.label, "get"))
-        return self.proxied.get(key)
+    def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        CALLS.append((self.label, "set"))
+        return super().fenced_set(key, value, token, ttl)
+
+    def plain_delete(self, key: str) -> bool:
+        CALLS.append((self.label, "delete"))
+        return super().plain_delete(key)
+
+    def fenced_delete(self, key: str, token: str) -> Fenced:
+        CALLS.append((self.label, "delete"))
+        return super().fenced_delete(key, token)
 
 
 class InnerRecordingProxy(RecordingProxy):

@@ -40,7 +40,7 @@ def shared(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 
 def raw_leases(name: str, store: kvs.KeyValueStore, request: pytest.FixtureRequest) -> list[Any]:
     """Every live lease of ``store``'s key prefix, read from the backend's own state."""
-    mangled = store._mangle("counter")
+    mangled = store.backend_key("counter")
     if name == "sqlite":
         connection = sqlite3.connect(store.region.actual_backend.filename)  # type: ignore[attr-defined]
         try:

@@ -88,7 +88,7 @@ def backend_of(store: kvs.KeyValueStore) -> MemcachedBackend:
 
 def raw_lease(server: MemcachedServer, store: kvs.KeyValueStore, key: str) -> bytes | None:
     """The lease item's value (the holder's token) as the server holds it."""
-    _, lease_key, _ = MemcachedBackend.item_keys(store._mangle(key))
+    _, lease_key, _ = MemcachedBackend.item_keys(store.backend_key(key))
     client = Client(("127.0.0.1", server.port), default_noreply=False, timeout=5)
     try:
         value: bytes | None = client.get(lease_key)

@@ -90,7 +90,7 @@ def direct(redis_server: RedisServer, prefix: str) -> kvs.KeyValueStore:
 
 def raw_lease(server: RedisServer, store: kvs.KeyValueStore, key: str) -> tuple[Any, int]:
     """(token, PTTL ms) of the lease key as the server holds it."""
-    tag = hash_tag(store._mangle(key))
+    tag = hash_tag(store.backend_key(key))
     client = server.client()
     try:
         return client.get(tag + ":lease"), client.pttl(tag + ":lease")

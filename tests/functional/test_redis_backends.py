@@ -29,7 +29,7 @@ def stores() -> Iterator[Any]:
 def test_lease_and_value_layout_on_the_server(stores: Any, redis_server: RedisServer) -> None:
     store = stores(url=f"redis://{redis_server.address}/0", lock_timeout=3)
     raw = redis_server.client()
-    name = hash_tag(store._mangle("k"))
+    name = hash_tag(store.backend_key("k"))
     with store.get_lock("k") as lock:
         assert raw.get(name + ":lease") == lock.token.encode()
         assert 3000 <= raw.pttl(name + ":lease") <= 4500  # lock_timeout plus a safety window
@@ -80,7 +80,7 @@ def test_sentinel_reads_from_replica_when_asked(stores: Any,
     reader = stores("kvs.redis_sentinel", **arguments, read_from_replicas="yes",
                     key_prefix=writer.key_prefix)
     writer.set("k", "v")
-    name = hash_tag(writer._mangle("k"))
+    name = hash_tag(writer.backend_key("k"))
     wait_until(lambda: redis_sentinel_group.replica.client().exists(name) == 1, 10,
                "replication of k")
     assert reader.get("k") == "v"

@@ -211,13 +211,13 @@ def test_wait_replicas_shortfall_is_reported(stores: Any, redis_sentinel_group: 
     with pytest.raises(exception.BackendUnavailable) as caught:
         store.set("k", 1)
     assert "only 1 of 2 replicas" in str(caught.value)
-    assert redis_sentinel_group.master.client().get(hash_tag(store._mangle("k"))) is not None
+    assert redis_sentinel_group.master.client().get(hash_tag(store.backend_key("k"))) is not None
 
 
 def test_cluster_multi_key_calls_span_slots(stores: Any, redis_cluster_nodes: Cluster) -> None:
     store = stores("kvs.redis_cluster", startup_nodes=",".join(redis_cluster_nodes.addresses))
     keys = [f"key-{index}" for index in range(40)]
-    slots = {key_slot(hash_tag(store._mangle(key)).encode()) for key in keys}
+    slots = {key_slot(hash_tag(store.backend_key(key)).encode()) for key in keys}
     assert len(slots) > 30  # spread over the cluster, not one slot
     store.set_multi({key: index for index, key in enumerate(keys)})
     assert store.get_multi(keys) == list(range(40))

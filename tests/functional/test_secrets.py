@@ -140,7 +140,7 @@ def test_no_secret_in_logs_errors_repr_or_cli(tmp_path: Path, redis_acl_server: 
         # Tampering: a value forged by someone who can write to the server.
         admin = redis_acl_server.client()
         try:
-            admin.set(hash_tag(byargs._mangle("k")), b"forged")
+            admin.set(hash_tag(byargs.backend_key("k")), b"forged")
         finally:
             admin.close()
         evidence.expect_error("tampered", lambda: byurl.get("k"), exception.TamperedValue)

@@ -182,7 +182,7 @@ def test_hash_tag_is_injective(first: str, second: str) -> None:
 def test_value_is_stored_as_is_under_the_hash_tag(store: kvs.KeyValueStore,
                                                   client: fakeredis.FakeRedis) -> None:
     store.set("k", "v")
-    name = hash_tag(store._mangle("k"))
+    name = hash_tag(store.backend_key("k"))
     assert name.startswith("{fake:")
     raw = client.get(name)
     assert raw is not None and raw.endswith(b"|\xa1v")  # dogpile header | msgpack "v"

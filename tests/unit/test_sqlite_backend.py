@@ -24,7 +24,7 @@ from dogpile.cache.api import NO_VALUE
 
 from kvs import exception
 from kvs.backends import sqlite as sqlite_module
-from kvs.backends.base import Fenced, write_options
+from kvs.backends.base import Fenced
 from kvs.backends.sqlite import SQLiteBackend
 
 
@@ -279,12 +279,13 @@ def test_ttl_expires_on_read(backend: SQLiteBackend, clock: FakeClock) -> None:
     assert backend.get_serialized("short") == b"again"
 
 
-def test_ttl_from_write_options(backend: SQLiteBackend, clock: FakeClock) -> None:
-    with write_options(ttl=5):
-        backend.set_serialized("k", b"v")
-        backend.set_serialized_multi({"m": b"v"})
-    clock.advance(6)
-    assert backend.get_serialized_multi(["k", "m"]) == [NO_VALUE, NO_VALUE]
+def test_dogpile_writes_are_plain_and_never_expire(backend: SQLiteBackend,
+                                                   clock: FakeClock) -> None:
+    # dogpile's calls carry no TTL: nothing ambient can give them one.
+    backend.set_serialized("k", b"v")
+    backend.set_serialized_multi({"m": b"v"})
+    clock.advance(10**6)
+    assert backend.get_serialized_multi(["k", "m"]) == [b"v", b"v"]
 
 
 def test_expired_rows_are_purged_by_writes(backend: SQLiteBackend, path: str,
@@ -395,22 +396,16 @@ def test_fenced_set_with_ttl(backend: SQLiteBackend, clock: FakeClock) -> None:
     assert backend.get_serialized("k") is NO_VALUE
 
 
-def test_store_writes_route_through_write_options(backend: SQLiteBackend) -> None:
+def test_fenced_calls_take_the_token_and_return_the_outcome(backend: SQLiteBackend) -> None:
     backend.acquire_lease("k", "mine", 10)
-    with write_options(token="theirs") as options:
-        backend.set_serialized("k", b"x")
-    assert options.outcome is Fenced.LEASE_LOST
-    with write_options(token="mine") as options:
-        backend.set_serialized("k", b"y")
-    assert options.outcome is Fenced.WRITTEN
-    with write_options(token="mine") as options:
-        backend.delete("k")
-    assert options.outcome is Fenced.WRITTEN
+    assert backend.fenced_set("k", b"x", "theirs", None) is Fenced.LEASE_LOST
+    assert backend.get_serialized("k") is NO_VALUE
+    assert backend.fenced_set("k", b"y", "mine", None) is Fenced.WRITTEN
+    assert backend.fenced_delete("k", "mine") is Fenced.WRITTEN
+    assert backend.fenced_delete("k", "mine") is Fenced.MISSING
     backend.plain_set("p", b"z", None)
-    with write_options() as options:
-        backend.delete("p")
-    assert options.existed is True
-    assert backend.get_serialized_multi(["k", "p"]) == [NO_VALUE, NO_VALUE]
+    assert backend.plain_delete("p") is True
+    assert backend.plain_delete("p") is False
 
 
 def test_acquire_and_get_then_set_and_release(backend: SQLiteBackend) -> None:
