@@ -119,9 +119,8 @@ def test_stale_write_never_lands(make_store: Any, case: str) -> None:
     assert store.get("k") == "NEW"
     if stale_error is not exception.LeaseLost:
         # The error names the layer that cannot carry (or confirm) the write.
-        assert info.value.context["layer"].endswith(
-            [p for p in proxies if p in (PlainThreadHop, PlainBatching, LeaseSwallowing)][0]
-            .__name__)
+        culprit = next(p for p in proxies if p in (PlainThreadHop, PlainBatching, LeaseSwallowing))
+        assert info.value.context["layer"].endswith(culprit.__name__)
     old.release()
 
 
