@@ -28,6 +28,7 @@ from dogpile.cache.region import CacheRegion
 from kvs import exception
 from kvs.backends.base import LeaseInfo
 from kvs.backends.memory import MemoryBackend
+from kvs.errors import translated
 
 LOG = logging.getLogger(__name__)
 
@@ -47,6 +48,16 @@ class StockLeases:
         mutex: Any = self._region.backend.get_mutex(key)
         return mutex
 
+    def translate_error(self, exc: Exception, operation: str,
+                        args: tuple[Any, ...]) -> BaseException | None:
+        """Any failure of the stock backend while leasing is BackendUnavailable."""
+        if isinstance(exc, exception.KVSError):
+            return None
+        return exception.BackendUnavailable(
+            f"backend {type(self._region.actual_backend).__name__} failed while taking the "
+            f"lease on {args[0]!r}: {type(exc).__name__}")
+
+    @translated
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
         local_fence = self._local.acquire_lease(key, token, ttl)
         if local_fence is None:
@@ -66,15 +77,11 @@ class StockLeases:
             current = self._region.get(fence_key)
             fence = (current if isinstance(current, int) else 0) + 1
             self._region.set(fence_key, fence)
-        except BaseException as exc:
+        except BaseException:
             # Undo both halves: never leave a lease nobody owns.
             if mutex is not None:
                 self._release_mutex(key, mutex)
             self._local.release_lease(key, token)
-            if isinstance(exc, Exception) and not isinstance(exc, exception.KVSError):
-                raise exception.BackendUnavailable(
-                    f"backend {type(self._region.actual_backend).__name__} failed while "
-                    f"taking the lease on {key!r}: {type(exc).__name__}") from None
             raise
         with self._guard:
             self._mutexes[(key, token)] = mutex

@@ -159,6 +159,9 @@ class LeaseBackend(BytesBackend, abc.ABC):
     constructor parses them (so ini text such as ``"yes"`` or ``"a, b"`` becomes
     a bool or a list) and rejects unknown names with a
     :class:`~kvs.exception.ConfigurationError` that lists the valid ones.
+
+    Thread-safe: one backend instance serves every thread of its store, and
+    each call is atomic in the backend.
     """
 
     #: Backend arguments: name -> spec.  Subclasses extend this dict.

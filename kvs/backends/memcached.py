@@ -78,6 +78,7 @@ from pymemcache.exceptions import (
 
 from kvs import exception
 from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+from kvs.errors import Translating
 
 #: memcached's relative-TTL ceiling: larger expiry values are read as Unix times.
 THIRTY_DAYS = 30 * 24 * 3600
@@ -258,6 +259,8 @@ class Server:
         self.down_until = 0.0
         self.down_reason = ""
         self._item_size_max: int | None = None
+        #: ``with server.errors:`` around every call to this server.
+        self.errors = Translating(self.failure)
 
     def _client_kwargs(self) -> dict[str, Any]:
         return {
@@ -291,8 +294,14 @@ class Server:
             self._local.client = self._wrap(Client(self.address, **self._client_kwargs()))
             return self._local.client
 
-    def failure(self, exc: BaseException) -> exception.KVSError:
-        """Translate a pymemcache or socket error into a kvs error naming this server."""
+    def failure(self, exc: Exception) -> exception.KVSError | None:
+        """Translate a pymemcache or socket error into a kvs error naming this server.
+
+        This server's translation (see :mod:`kvs.errors`), applied by
+        ``with server.errors:``; anything else passes through (None).
+        """
+        if not isinstance(exc, (OSError, MemcacheError)) or isinstance(exc, exception.KVSError):
+            return None
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if isinstance(exc, MemcacheIllegalInputError):
             # Keys are made safe and values are bytes, so this is a kvs bug.
@@ -492,10 +501,8 @@ class MemcachedBackend(LeaseBackend):
         if len(value) <= ALWAYS_FITS:
             return
         safe, server = self._route(key)
-        try:
+        with server.errors:
             limit = server.item_size_max() - ITEM_OVERHEAD - len(safe)
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
         if len(value) > limit:
             raise exception.ValueTooLarge(
                 f"value for key {key!r} is {len(value)} bytes, above the {limit} bytes "
@@ -504,10 +511,8 @@ class MemcachedBackend(LeaseBackend):
 
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
         safe, server = self._route(key)
-        try:
+        with server.errors:
             value = server.client().get(safe)
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
         return NO_VALUE if value is None else value  # type: ignore[no-any-return]
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
@@ -518,19 +523,15 @@ class MemcachedBackend(LeaseBackend):
         groups = ({self.servers[0]: safe_keys} if len(self.servers) == 1
                   else self._group(keys))
         for server, batch in groups.items():
-            try:
+            with server.errors:
                 found.update(server.client().get_many(batch))
-            except (OSError, MemcacheError) as exc:
-                raise server.failure(exc) from exc
         return [found.get(safe, NO_VALUE) for safe in safe_keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.check_size(key, value)
         safe, server = self._route(key)
-        try:
+        with server.errors:
             server.client().set(safe, value, self._data_expire(ttl), noreply=False)
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
@@ -540,10 +541,8 @@ class MemcachedBackend(LeaseBackend):
             safe, server = self._route(key)
             groups[server][safe] = value
         for server, batch in groups.items():
-            try:
+            with server.errors:
                 failed = server.client().set_many(batch, expire, noreply=False)
-            except (OSError, MemcacheError) as exc:
-                raise server.failure(exc) from exc
             if failed:
                 raise exception.BackendUnavailable(
                     f"memcached server {server.name} did not store {len(failed)} of "
@@ -551,17 +550,13 @@ class MemcachedBackend(LeaseBackend):
 
     def plain_delete(self, key: str) -> bool:
         safe, server = self._route(key)
-        try:
+        with server.errors:
             return bool(server.client().delete(safe, noreply=False))
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
         for server, batch in self._group(keys).items():
-            try:
+            with server.errors:
                 server.client().delete_many(batch, noreply=False)
-            except (OSError, MemcacheError) as exc:
-                raise server.failure(exc) from exc
 
     # -- leases -------------------------------------------------------------
 
@@ -570,7 +565,7 @@ class MemcachedBackend(LeaseBackend):
         lease_key = _LEASE_PREFIX + safe
         wanted = token.encode()
         expire = self._lease_expire(ttl)
-        try:
+        with server.errors:
             client = server.client()
             if client.add(lease_key, wanted, expire, noreply=False):
                 return self._next_fence(client, safe)
@@ -585,14 +580,12 @@ class MemcachedBackend(LeaseBackend):
             # the counter may still show the previous holder's fence: draw a
             # new one (a skipped number is harmless, a repeated one is not).
             return self._next_fence(client, safe)
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def release_lease(self, key: str, token: str) -> bool:
         safe, server = self._route(key)
         with self._credit_guard:
             self._extend_credit.pop((safe, token), None)
-        try:
+        with server.errors:
             client = server.client()
             lease = self._read_lease(client, safe)
             if lease is None or lease.value != token.encode():
@@ -602,13 +595,11 @@ class MemcachedBackend(LeaseBackend):
             (reply,) = self._meta(
                 client, b"md %s C%s" % ((_LEASE_PREFIX + safe).encode(), lease.flags[b"c"]))
             return reply.code == b"HD"
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         safe, server = self._route(key)
         wanted = token.encode()
-        try:
+        with server.errors:
             client = server.client()
             lease = self._read_lease(client, safe)
             if lease is None or lease.value != wanted:
@@ -628,42 +619,34 @@ class MemcachedBackend(LeaseBackend):
             expire = _wire_expiry(remaining + whole)
             return client.cas(_LEASE_PREFIX + safe, wanted, lease.flags[b"c"], expire,
                               noreply=False) is True
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         # Check, then write: two steps memcached cannot join (module docstring).
         self.check_size(key, value)
         safe, server = self._route(key)
-        try:
+        with server.errors:
             client = server.client()
             if not self._holds(self._read_lease(client, safe), token.encode()):
                 return Fenced.LEASE_LOST
             client.set(safe, value, self._data_expire(ttl), noreply=False)
             return Fenced.WRITTEN
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
         safe, server = self._route(key)
-        try:
+        with server.errors:
             client = server.client()
             if not self._holds(self._read_lease(client, safe), token.encode()):
                 return Fenced.LEASE_LOST
             if client.delete(safe, noreply=False):
                 return Fenced.WRITTEN
             return Fenced.MISSING
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         safe, server = self._route(key)
-        try:
+        with server.errors:
             lease, fence = self._meta(
                 server.client(), b"mg %s v t" % (_LEASE_PREFIX + safe).encode(),
                 b"mg %s v" % (_FENCE_PREFIX + safe).encode())
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
         if lease.code != b"VA" or lease.value is None:
             return None
         left = lease.int_flag(b"t")
@@ -676,10 +659,8 @@ class MemcachedBackend(LeaseBackend):
 
     def break_lease(self, key: str) -> bool:
         safe, server = self._route(key)
-        try:
+        with server.errors:
             return bool(server.client().delete(_LEASE_PREFIX + safe, noreply=False))
-        except (OSError, MemcacheError) as exc:
-            raise server.failure(exc) from exc
 
     def wait_for_release(self, key: str, timeout: float) -> None:
         # memcached cannot notify anyone: poll, backing off from 5 ms to 100 ms.
@@ -688,10 +669,8 @@ class MemcachedBackend(LeaseBackend):
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
-            try:
+            with server.errors:
                 (reply,) = self._meta(server.client(), lease_get)
-            except (OSError, MemcacheError) as exc:
-                raise server.failure(exc) from exc
             left = deadline - time.monotonic()
             if reply.code != b"HD" or left <= 0:
                 return
@@ -702,10 +681,8 @@ class MemcachedBackend(LeaseBackend):
 
     def ping(self) -> None:
         for server in self.servers:
-            try:
+            with server.errors:
                 server.client().version()
-            except (OSError, MemcacheError) as exc:
-                raise server.failure(exc) from exc
 
     def close(self) -> None:
         """Close this thread's connections (all of them, with pooling)."""

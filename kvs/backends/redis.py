@@ -36,20 +36,16 @@ on ``NOSCRIPT`` by redis-py, so they survive ``SCRIPT FLUSH`` and restarts.
 
 from __future__ import annotations
 
-import functools
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+from typing import Any, ClassVar
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
 from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-_B = TypeVar("_B", bound="RedisBackend")
+from kvs.errors import translated
 
 
 def hash_tag(key: str) -> str:
@@ -90,25 +86,6 @@ class ClientArgument(ArgumentSpec):
                 f"backend argument {name!r} must be a redis-py client object (Python only)",
                 option=name)
         return value
-
-
-def translate_errors(
-    method: Callable[Concatenate[_B, _P], _R],
-) -> Callable[Concatenate[_B, _P], _R]:
-    """Turn every redis-py error raised by ``method`` into BackendUnavailable."""
-
-    @functools.wraps(method)
-    def wrapper(self: _B, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except exception.KVSError:
-            raise
-        except Exception as exc:
-            if not self._is_redis_error(exc):
-                raise
-            raise self._unavailable(method.__name__, exc) from exc
-
-    return wrapper
 
 
 #: Connection arguments shared by the three Redis backends.
@@ -167,15 +144,19 @@ class RedisBackend(LeaseBackend):
 
     # -- Lua scripts (KEYS and ARGV are listed in each comment) -------------
 
-    # Shared by ACQUIRE and ACQUIRE_AND_GET.  KEYS: lease, fence.
-    # ARGV: token, ttl in ms (0: never expires).  The lease is taken when free,
-    # or re-taken when it already holds this token (the retry of a request
-    # whose reply was lost), so a lost reply never leaves an ownerless lease;
-    # a retry keeps its fence and gets a fresh TTL.  A new grant increments
-    # the fence counter, which never goes back: a missing counter (first use,
-    # eviction under an allkeys-* policy, restart without persistence) is
-    # seeded from the server clock in microseconds, above any earlier fence.
-    _TAKE_LEASE = """
+    # Each script is one whole text.  Lease keys share the data key's hash
+    # tag, so every script touches a single slot (Cluster-safe).
+
+    #: Take the lease.
+    #: KEYS[1] lease, KEYS[2] fence counter.  ARGV[1] token, ARGV[2] ttl ms (0: never expires).
+    #: Returns the fence number, or nil when another token holds the lease.
+    #: Guarantee: taken when free, or re-taken when it already holds this token
+    #: (the retry of a request whose reply was lost: same fence, fresh TTL), so
+    #: a lost reply never leaves an ownerless lease.  A new grant increments the
+    #: counter, which never goes back: a missing counter (first use, eviction,
+    #: restart without persistence) is seeded from the server clock in
+    #: microseconds, above any earlier fence.
+    ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
 local fence
@@ -193,41 +174,68 @@ if ttl > 0 then
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
+return fence
 """
 
-    #: Take the lease (see _TAKE_LEASE); reply: the fence, or nil when held by another.
-    ACQUIRE = _TAKE_LEASE + "return fence\n"
+    #: Take the lease (exactly as ACQUIRE) and read the value in the same
+    #: atomic step: update()'s first round trip.
+    #: KEYS[1] lease, KEYS[2] fence counter, KEYS[3] data.
+    #: ARGV[1] token, ARGV[2] ttl ms (0: never expires).
+    #: Returns {fence, value or nil}, or nil when another token holds the
+    #: lease (nothing is read then).
+    ACQUIRE_AND_GET = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return false end
+local fence
+if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
+if not fence then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+  end
+  fence = redis.call('INCR', KEYS[2])
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return {fence, redis.call('GET', KEYS[3])}
+"""
 
-    #: Take the lease and read the value in the same atomic step (update()'s
-    #: first round trip).  KEYS: lease, fence, data.  Reply: {fence, value or
-    #: nil}, or nil when held by another (nothing is read then).
-    ACQUIRE_AND_GET = _TAKE_LEASE + "return {fence, redis.call('GET', KEYS[3])}\n"
-
-    # Shared wake-up: push one element to the signal list unless one is
-    # already waiting there.  A blocked BLPOP is served the element at once
-    # (Redis serves the longest waiter: one hand-off per release, no herd).
-    _SIGNAL = """
+    #: Compare-and-delete, then wake one waiter.
+    #: KEYS[1] lease, KEYS[2] signal list.  ARGV[1] token, ARGV[2] signal ttl ms.
+    #: Returns 1 released, 0 not ours (expired or taken over: left untouched).
+    #: Guarantee: never releases another holder's lease.  The wake-up pushes one
+    #: element unless one is already waiting; Redis serves the longest-blocked
+    #: BLPOP, so one release hands off to one waiter (no thundering herd).
+    RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
 if redis.call('LLEN', KEYS[2]) == 0 then
   redis.call('RPUSH', KEYS[2], '1')
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
+return 1
 """
 
-    #: Compare-and-delete: drop the lease only if it holds this token, then
-    #: wake one waiter.  KEYS: lease, signal.  ARGV: token, signal ttl ms.
-    #: Reply: 1 released, 0 not ours (expired or taken over: left untouched).
-    RELEASE = (
-        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
-        "redis.call('DEL', KEYS[1])\n" + _SIGNAL + "return 1\n")
+    #: Operator override: drop the lease whoever holds it, then wake one waiter.
+    #: KEYS[1] lease, KEYS[2] signal list.  ARGV[1] unused, ARGV[2] signal ttl ms.
+    #: Returns 1 when a lease was there, else 0.  The old holder's next fenced
+    #: write is refused, because the lease no longer holds its token.
+    BREAK = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"""
 
-    #: Operator override: drop the lease whoever holds it, wake one waiter.
-    #: KEYS: lease, signal.  ARGV: (unused), signal ttl ms.  Reply: 1 or 0.
-    BREAK = ("if redis.call('DEL', KEYS[1]) == 0 then return 0 end\n"
-             + _SIGNAL + "return 1\n")
-
-    #: Compare-and-extend: add ms to the lease's remaining time only if it
-    #: holds this token (a lease without expiry stays without).  KEYS: lease.
-    #: ARGV: token, ms.  Reply: 1 extended, 0 not ours.
+    #: Compare-and-extend: add time to the lease only if it holds this token.
+    #: KEYS[1] lease.  ARGV[1] token, ARGV[2] ms to add.
+    #: Returns 1 extended, 0 not ours.  A lease without expiry stays without.
     EXTEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local left = redis.call('PTTL', KEYS[1])
@@ -235,8 +243,12 @@ if left > 0 then redis.call('PEXPIRE', KEYS[1], left + tonumber(ARGV[2])) end
 return 1
 """
 
-    # Shared fenced write.  KEYS: lease, data.  ARGV: token, value, ttl ms (0: none).
-    _FENCED_WRITE = """
+    #: Fenced write.
+    #: KEYS[1] lease, KEYS[2] data.  ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none).
+    #: Returns 1 written, 0 lease lost (nothing written).
+    #: Guarantee: the value lands only if the lease holds this token, checked
+    #: and written in one atomic step on the server (no client clock involved).
+    FENCED_SET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
@@ -244,32 +256,42 @@ if ttl > 0 then
 else
   redis.call('SET', KEYS[2], ARGV[2])
 end
+return 1
 """
 
-    #: Fenced write: the value lands only if the lease still holds this token,
-    #: checked and written in one atomic step on the server (no client clock).
-    #: Reply: 1 written, 0 lease lost (nothing written).
-    FENCED_SET = _FENCED_WRITE + "return 1\n"
+    #: Fenced write, then release and wake one waiter, atomically: update()'s
+    #: second round trip.
+    #: KEYS[1] lease, KEYS[2] data, KEYS[3] signal list.
+    #: ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none), ARGV[4] signal ttl ms.
+    #: Returns 1 written and released, 0 lease lost (nothing written, nothing released).
+    FENCED_SET_AND_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+if redis.call('LLEN', KEYS[3]) == 0 then
+  redis.call('RPUSH', KEYS[3], '1')
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+"""
 
-    #: Fenced write, then release and wake one waiter, atomically (update()'s
-    #: second round trip).  KEYS: lease, data, signal.  ARGV: token, value,
-    #: ttl ms, signal ttl ms.  Reply: 1 written and released, 0 lease lost.
-    FENCED_SET_AND_RELEASE = (
-        _FENCED_WRITE
-        + "redis.call('DEL', KEYS[1])\n"
-        + _SIGNAL.replace("KEYS[2]", "KEYS[3]").replace("ARGV[2]", "ARGV[4]")
-        + "return 1\n")
-
-    #: Fenced delete: only if the lease holds this token.  KEYS: lease, data.
-    #: ARGV: token.  Reply: 1 deleted, 2 lease ours but no value, 0 lease lost.
+    #: Fenced delete.
+    #: KEYS[1] lease, KEYS[2] data.  ARGV[1] token.
+    #: Returns 1 deleted, 2 lease ours but no value, 0 lease lost (nothing deleted).
     FENCED_DELETE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('DEL', KEYS[2]) == 1 then return 1 end
 return 2
 """
 
-    #: Token, remaining ms (-1: no expiry) and fence, read atomically.
-    #: KEYS: lease, fence.  Reply: {token, pttl, fence}, or nil when free.
+    #: Who holds the lease, read atomically.
+    #: KEYS[1] lease, KEYS[2] fence counter.
+    #: Returns {token, remaining ms (-1: no expiry), fence}, or nil when free.
     LEASE_INFO = """
 local holder = redis.call('GET', KEYS[1])
 if not holder then return false end
@@ -277,7 +299,8 @@ return {holder, redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2])
 """
 
     #: Several values with one TTL, atomically (MSET cannot take a TTL).
-    #: KEYS: data keys.  ARGV: ttl ms, then one value per key.
+    #: KEYS data keys.  ARGV[1] ttl ms, then one value per key.
+    #: Returns the number of keys written.
     SET_MULTI_PX = """
 local ttl = ARGV[1]
 for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'PX', ttl) end
@@ -438,16 +461,12 @@ return #KEYS
         if self._writer is None:
             with self._connect_lock:
                 if self._writer is None:
-                    try:
-                        writer, reader = self._create_clients()
-                    except exception.KVSError:
-                        raise
-                    except Exception as exc:
-                        if not self._is_redis_error(exc):
-                            raise
-                        raise self._unavailable("connect", exc) from exc
-                    self._adopt(writer, reader)
+                    self._connect()
         return self._writer
+
+    @translated
+    def _connect(self) -> None:
+        self._adopt(*self._create_clients())
 
     @property
     def reader(self) -> Any:
@@ -462,6 +481,13 @@ return #KEYS
         return self._scripts[name]
 
     # -- errors -------------------------------------------------------------
+
+    def translate_error(self, exc: Exception, operation: str,
+                        args: tuple[Any, ...]) -> BaseException | None:
+        """BackendUnavailable for a redis-py error (see :mod:`kvs.errors`); else None."""
+        if isinstance(exc, exception.KVSError) or not self._is_redis_error(exc):
+            return None
+        return self._unavailable(operation.lstrip("_"), exc)
 
     @staticmethod
     def _is_redis_error(exc: BaseException) -> bool:
@@ -523,12 +549,12 @@ return #KEYS
 
     # -- plain data ---------------------------------------------------------
 
-    @translate_errors
+    @translated
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
         value = self.reader.get(hash_tag(key))
         return NO_VALUE if value is None else value  # type: ignore[no-any-return]
 
-    @translate_errors
+    @translated
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         if not keys:
             return []
@@ -538,7 +564,7 @@ return #KEYS
     def _mget(self, names: list[str]) -> list[Any]:
         return self.reader.mget(names)  # type: ignore[no-any-return]
 
-    @translate_errors
+    @translated
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.check_size(key, value)
         name = hash_tag(key)
@@ -547,7 +573,7 @@ return #KEYS
         else:
             self._write(key, lambda client: client.set(name, value, px=milliseconds(ttl)))
 
-    @translate_errors
+    @translated
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
         if not mapping:
@@ -561,12 +587,12 @@ return #KEYS
             self._write(first, lambda client: script(
                 keys=list(names), args=[milliseconds(ttl), *names.values()], client=client))
 
-    @translate_errors
+    @translated
     def plain_delete(self, key: str) -> bool:
         name = hash_tag(key)
         return bool(self._write(key, lambda client: client.delete(name)))
 
-    @translate_errors
+    @translated
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
         if keys:
             names = [hash_tag(key) for key in keys]
@@ -578,14 +604,14 @@ return #KEYS
     def _lease_ms(ttl: float | None) -> int:
         return 0 if ttl is None else milliseconds(ttl)
 
-    @translate_errors
+    @translated
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
         tag = hash_tag(key)
         fence = self._script("ACQUIRE")(
             keys=[tag + ":lease", tag + ":fence"], args=[token, self._lease_ms(ttl)])
         return None if fence is None else int(fence)
 
-    @translate_errors
+    @translated
     def acquire_lease_and_get(
         self, key: str, token: str, ttl: float | None
     ) -> tuple[int | None, bytes | NoValue]:
@@ -597,18 +623,18 @@ return #KEYS
         fence, value = reply[0], (reply[1] if len(reply) > 1 else None)
         return int(fence), (NO_VALUE if value is None else value)
 
-    @translate_errors
+    @translated
     def release_lease(self, key: str, token: str) -> bool:
         tag = hash_tag(key)
         return bool(self._script("RELEASE")(
             keys=[tag + ":lease", tag + ":signal"], args=[token, self.SIGNAL_TTL_MS]))
 
-    @translate_errors
+    @translated
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         tag = hash_tag(key)
         return bool(self._script("EXTEND")(keys=[tag + ":lease"], args=[token, milliseconds(ttl)]))
 
-    @translate_errors
+    @translated
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
         tag = hash_tag(key)
@@ -617,7 +643,7 @@ return #KEYS
             keys=[tag + ":lease", tag], args=[token, value, self._lease_ms(ttl)], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
-    @translate_errors
+    @translated
     def fenced_set_and_release(self, key: str, value: bytes, token: str,
                                ttl: float | None) -> Fenced:
         self.check_size(key, value)
@@ -628,7 +654,7 @@ return #KEYS
             args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
-    @translate_errors
+    @translated
     def fenced_delete(self, key: str, token: str) -> Fenced:
         tag = hash_tag(key)
         script = self._script("FENCED_DELETE")
@@ -636,7 +662,7 @@ return #KEYS
             keys=[tag + ":lease", tag], args=[token], client=client))
         return {1: Fenced.WRITTEN, 2: Fenced.MISSING}.get(int(outcome), Fenced.LEASE_LOST)
 
-    @translate_errors
+    @translated
     def lease_info(self, key: str) -> LeaseInfo | None:
         tag = hash_tag(key)
         reply = self._script("LEASE_INFO")(keys=[tag + ":lease", tag + ":fence"])
@@ -648,13 +674,13 @@ return #KEYS
         remaining = None if int(pttl) < 0 else int(pttl) / 1000
         return LeaseInfo(token=token, fence=int(fence), remaining=remaining)
 
-    @translate_errors
+    @translated
     def break_lease(self, key: str) -> bool:
         tag = hash_tag(key)
         return bool(self._script("BREAK")(
             keys=[tag + ":lease", tag + ":signal"], args=["", self.SIGNAL_TTL_MS]))
 
-    @translate_errors
+    @translated
     def wait_for_release(self, key: str, timeout: float) -> None:
         """Block on the key's signal list until a release, the lease's expiry or ``timeout``.
 
@@ -673,6 +699,6 @@ return #KEYS
         # BLPOP 0 would block forever: the limit is always >= 1 ms here.
         self.client.blpop([tag + ":signal"], timeout=round(limit, 3))
 
-    @translate_errors
+    @translated
     def ping(self) -> None:
         self.client.ping()

@@ -27,8 +27,8 @@ from kvs.backends.redis import (
     hash_tag,
     milliseconds,
     parse_node,
-    translate_errors,
 )
+from kvs.errors import translated
 
 
 class RedisClusterBackend(RedisBackend):
@@ -94,7 +94,7 @@ class RedisClusterBackend(RedisBackend):
     def _mget(self, names: list[str]) -> list[Any]:
         return self.reader.mget_nonatomic(names)  # type: ignore[no-any-return]
 
-    @translate_errors
+    @translated
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
         if not mapping:
@@ -108,7 +108,7 @@ class RedisClusterBackend(RedisBackend):
             pipe.set(name, value, px=milliseconds(ttl))
         pipe.execute()
 
-    @translate_errors
+    @translated
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
         if keys:
             # redis-py splits a multi-key DEL into one DEL per slot.

@@ -62,6 +62,7 @@ from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
 from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+from kvs.errors import Translating
 
 LOG = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class SQLiteBackend(LeaseBackend):
                 f"got {filename!r}", option="filename")
         self.filename: str = os.path.expanduser(filename)
         self.busy_timeout: float = self.options["busy_timeout"]
+        self._errors = Translating(self.translate_file_error)
         self.synchronous: str = self.options["synchronous"]
         if self.max_value_size is not None and self.max_value_size > self.backend_value_limit:
             self.max_value_size = self.backend_value_limit
@@ -195,7 +197,7 @@ class SQLiteBackend(LeaseBackend):
         return connection
 
     def _open(self) -> sqlite3.Connection:
-        with self._errors():
+        with self._errors:
             # isolation_level=None: the module never opens transactions on its
             # own; every transaction below is an explicit BEGIN.
             connection = sqlite3.connect(self.filename, timeout=self.busy_timeout,
@@ -261,26 +263,28 @@ class SQLiteBackend(LeaseBackend):
             connection.close()
         self._local.connection = None
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn SQLite's operational errors into BackendUnavailable naming the file."""
-        try:
-            yield
-        except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
-            raise  # a bug in this module, not a state of the file
-        except sqlite3.DatabaseError as error:
-            if "locked" in str(error) or "busy" in str(error):
-                message = (f"SQLite file {self.filename!r} stayed locked by another writer "
-                           f"for more than busy_timeout={self.busy_timeout} s")
-            else:
-                message = f"SQLite file {self.filename!r} cannot be used: {error}"
-            raise exception.BackendUnavailable(message, file=self.filename) from error
+    def translate_file_error(self, exc: Exception) -> exception.KVSError | None:
+        """BackendUnavailable naming the file for SQLite's operational errors.
+
+        This file's translation (see :mod:`kvs.errors`), applied by
+        ``with self._errors:``.  Programming and integrity errors are bugs in
+        this module, not states of the file: they pass through.
+        """
+        if isinstance(exc, (sqlite3.ProgrammingError, sqlite3.IntegrityError)) or \
+                not isinstance(exc, sqlite3.DatabaseError):
+            return None
+        if "locked" in str(exc) or "busy" in str(exc):
+            message = (f"SQLite file {self.filename!r} stayed locked by another writer "
+                       f"for more than busy_timeout={self.busy_timeout} s")
+        else:
+            message = f"SQLite file {self.filename!r} cannot be used: {exc}"
+        return exception.BackendUnavailable(message, file=self.filename)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: the write lock is taken before anything is read."""
         connection = self._connection()
-        with self._errors():
+        with self._errors:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 if time.monotonic() >= self._next_purge:
@@ -296,7 +300,7 @@ class SQLiteBackend(LeaseBackend):
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: several SELECTs see one state of the file."""
         connection = self._connection()
-        with self._errors():
+        with self._errors:
             connection.execute("BEGIN")
             try:
                 yield connection
@@ -315,7 +319,7 @@ class SQLiteBackend(LeaseBackend):
     # -- data ---------------------------------------------------------------
 
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
-        with self._errors():
+        with self._errors:
             row = self._connection().execute(
                 f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}",
                 (key, _now())).fetchone()
@@ -451,7 +455,7 @@ class SQLiteBackend(LeaseBackend):
             return Fenced.WRITTEN
 
     def lease_info(self, key: str) -> LeaseInfo | None:
-        with self._errors():
+        with self._errors:
             now = _now()
             row = self._connection().execute(
                 f"SELECT token, expires, fence FROM kvs_lease WHERE key = ? AND {_LIVE_LEASE}",
