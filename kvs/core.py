@@ -28,7 +28,7 @@ from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 
 from kvs import exception, manglers, paths, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
-from kvs.errors import translated
+from kvs.errors import raise_translated, translated
 from kvs.lock import KeyValueStoreLock
 from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
 from kvs.stock import StockLeases
@@ -365,25 +365,35 @@ class KeyValueStore:
                 f"{type(exc).__name__}", store=self.name)
         return None
 
-    def _check_lock(self, key: str, lock: KeyValueStoreLock) -> None:
-        if not isinstance(lock, KeyValueStoreLock):
+    def _check_lock(self, key: str, lock: KeyValueStoreLock) -> bool:
+        """Check ``lock`` for a write to ``key``; True if the write must be fenced.
+
+        A lock of a ``locking=False`` store is checked here (key, timeout) and
+        the write is plain; an enabled lock is checked by ``lock.fenced``.
+        """
+        if type(lock) is not KeyValueStoreLock and not isinstance(lock, KeyValueStoreLock):
             raise TypeError(f"lock must be a KeyValueStoreLock, not {type(lock).__name__}")
         assert self._path is not None
         if not lock.issued_by(self._path.leases):
             raise ValueError(f"lock on key {lock.key!r} belongs to store {lock.store!r}, "
                              f"not {self.name!r}")
+        if lock.enabled:
+            return True
         lock.check(for_key=key)
+        return False
 
     # -- reads --------------------------------------------------------------
 
-    @translated
     def get(self, key: str) -> Any:
         """Return the value of ``key``; raise :class:`~kvs.exception.NotFound` if missing."""
-        path = self._path or self._require_path()
-        stored = path.get(self._key_mangler(manglers.check_key(key)))
-        if stored is NO_VALUE:
-            raise exception.NotFound(key, store=self.name)
-        return serializers.unpack(self._serializer, stored)
+        try:  # the hot path: raise_translated instead of a @translated frame
+            path = self._path or self._require_path()
+            stored = path.get(self._key_mangler(manglers.check_key(key)))
+            if stored is NO_VALUE:
+                raise exception.NotFound(key, store=self.name)
+            return serializers.unpack(self._serializer, stored)
+        except Exception as exc:
+            raise_translated(self, exc, "get", (key,))
 
     def exists(self, key: str) -> bool:
         """True if ``key`` holds a value (it may still expire right after)."""
@@ -409,20 +419,26 @@ class KeyValueStore:
 
     # -- writes -------------------------------------------------------------
 
-    @translated
     def set(self, key: str, value: Any, lock: KeyValueStoreLock | None = None,
             ttl: float | None = None) -> None:
         """Store ``value``.  With ``lock=``, only if that lease is still ours."""
-        path = self._path or self._require_path()
-        mangled = self._key_mangler(manglers.check_key(key))
-        ttl = self.default_ttl if ttl is None else self._ttl(ttl)
-        if lock is not None:
-            self._check_lock(key, lock)
-        data = serializers.pack(self._serializer, value)
-        if lock is None or not lock.enabled:
-            path.set(mangled, data, ttl)
-        else:
-            lock.fenced(key, lambda token: path.fenced_set(mangled, data, token, ttl))
+        try:  # the hot path: raise_translated instead of a @translated frame
+            path = self._path or self._require_path()
+            mangled = self._key_mangler(manglers.check_key(key))
+            if ttl is None:
+                ttl = self.default_ttl
+            else:
+                ttl = self._ttl(ttl)
+            if lock is None:
+                path.set(mangled, serializers.pack(self._serializer, value), ttl)
+                return
+            if self._check_lock(key, lock):
+                data = serializers.pack(self._serializer, value)
+                lock.fenced(key, lambda token: path.fenced_set(mangled, data, token, ttl))
+            else:  # locking=False: key and timeout checked, plain write
+                path.set(mangled, serializers.pack(self._serializer, value), ttl)
+        except Exception as exc:
+            raise_translated(self, exc, "set", (key,))
 
     @translated
     def set_multi(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
@@ -458,13 +474,11 @@ class KeyValueStore:
         """Delete ``key``; raise :class:`~kvs.exception.NotFound` if it does not exist."""
         path = self._require_path()
         mangled = self._key_mangler(manglers.check_key(key))
-        if lock is not None:
-            self._check_lock(key, lock)
-        if lock is None or not lock.enabled:
-            found = path.delete(mangled)
-        else:
+        if lock is not None and self._check_lock(key, lock):
             found = lock.fenced(
                 key, lambda token: path.fenced_delete(mangled, token)) is Fenced.WRITTEN
+        else:
+            found = path.delete(mangled)
         if not found:
             raise exception.NotFound(key, store=self.name)
 
@@ -537,40 +551,34 @@ class KeyValueStore:
     def _update_in_two_round_trips(self, backend: LeaseBackend, lock: KeyValueStoreLock,
                                    fn: Callable[[Any], Any], default: Any,
                                    ttl: float | None) -> Any:
-        """update() with no proxy: acquire+read, then fenced write+release.
-
-        ``fn`` runs outside error translation: its own errors reach the caller
-        unchanged.
-        """
-        current = self._acquire_and_read(lock.key, lock, backend, default)
+        """update() with no proxy: acquire+read, then fenced write+release."""
+        key = lock.key
+        try:  # fn runs outside: its own errors reach the caller unchanged
+            stored = lock.acquire_and_get(backend)
+            try:
+                if stored is not NO_VALUE:
+                    current = serializers.unpack(self._serializer, stored)
+                elif default is _NO_DEFAULT:
+                    raise exception.NotFound(key, store=self.name)
+                else:
+                    current = default
+            except BaseException:
+                lock.release()
+                raise
+        except Exception as exc:
+            raise_translated(self, exc, "update", (key,))
         try:
             new = fn(current)
-            self._write_and_release(lock.key, lock, backend, new, ttl)
+            try:
+                data = serializers.pack(self._serializer, new)
+                lock.fenced_and_release(lambda token: backend.fenced_set_and_release(
+                    lock.lease_key, data, token, ttl))
+            except Exception as exc:
+                raise_translated(self, exc, "update", (key,))
         except BaseException:
             lock.release()
             raise
         return new
-
-    @translated
-    def _acquire_and_read(self, key: str, lock: KeyValueStoreLock, backend: LeaseBackend,
-                          default: Any) -> Any:
-        stored = lock.acquire_and_get(backend)
-        try:
-            if stored is not NO_VALUE:
-                return serializers.unpack(self._serializer, stored)
-            if default is _NO_DEFAULT:
-                raise exception.NotFound(key, store=self.name)
-            return default
-        except BaseException:
-            lock.release()
-            raise
-
-    @translated
-    def _write_and_release(self, key: str, lock: KeyValueStoreLock, backend: LeaseBackend,
-                           value: Any, ttl: float | None) -> None:
-        data = serializers.pack(self._serializer, value)
-        lock.fenced_and_release(lambda token: backend.fenced_set_and_release(
-            lock.lease_key, data, token, ttl))
 
     # -- health -------------------------------------------------------------
 
@@ -585,7 +593,7 @@ class KeyValueStore:
 
 
 #: Store methods whose ValueErrors from below mean "foreign bytes".
-_READS = frozenset({"get", "get_multi", "_acquire_and_read"})
+_READS = frozenset({"get", "get_multi"})
 
 
 # -- registry ---------------------------------------------------------------

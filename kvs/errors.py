@@ -13,6 +13,10 @@ where the layer knows its context:
 ``with Translating(translate):``
     around a block, when the context is a value rather than ``self``: one
     memcached server, one SQLite file.
+``except Exception as exc: raise_translated(self, exc, operation, args)``
+    the same as ``@translated``, written out in the store's hottest methods
+    (``get``, ``set``, ``update``): a wrapper frame costs about 0.15 µs,
+    a fifth of a ``kvs.memory`` get, while an unraised ``try`` costs nothing.
 
 Both re-raise the replacement ``from`` the original, and both leave
 :class:`BaseException`\\ s that are not :class:`Exception` (``KeyboardInterrupt``,
@@ -24,7 +28,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -43,6 +47,15 @@ class TranslatesErrors(Protocol):
 _S = TypeVar("_S", bound=TranslatesErrors)
 
 
+def raise_translated(owner: TranslatesErrors, exc: Exception, operation: str,
+                     args: tuple[Any, ...]) -> NoReturn:
+    """Raise ``owner``'s translation of ``exc``, or ``exc`` itself if there is none."""
+    replacement = owner.translate_error(exc, operation, args)
+    if replacement is None or replacement is exc:
+        raise exc
+    raise replacement from exc
+
+
 def translated(
     method: Callable[Concatenate[_S, _P], _R],
 ) -> Callable[Concatenate[_S, _P], _R]:
@@ -54,10 +67,7 @@ def translated(
         try:
             return method(self, *args, **kwargs)
         except Exception as exc:
-            replacement = self.translate_error(exc, operation, args)
-            if replacement is None or replacement is exc:
-                raise
-            raise replacement from exc
+            raise_translated(self, exc, operation, args)
 
     return wrapper
 

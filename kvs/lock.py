@@ -60,6 +60,9 @@ class LockState(enum.Enum):
     RELEASED = "released"
 
 
+_HELD, _LOST = LockState.HELD, LockState.LOST
+
+
 class Leases(Protocol):
     """The lease half of the backend contract, as the lock uses it."""
 
@@ -108,7 +111,7 @@ class KeyValueStoreLock:
     @property
     def active(self) -> bool:
         """True from acquire() until release(), lost or not."""
-        return self._state is LockState.HELD or self._state is LockState.LOST
+        return self._state is _HELD or self._state is _LOST
 
     def issued_by(self, leases: object) -> bool:
         """True if this lock takes its leases from ``leases`` (the store's own)."""
@@ -174,7 +177,7 @@ class KeyValueStoreLock:
         return stored
 
     def _acquire(self, attempt: Callable[[], int | None]) -> None:
-        if self.active:
+        if self._state is _HELD or self._state is _LOST:
             raise RuntimeError(f"lock on key {self.key!r} is already acquired (not re-entrant)")
         self.token = os.urandom(16).hex()  # 128 random bits, cheaper than uuid4
         if not self.enabled:
@@ -221,9 +224,10 @@ class KeyValueStoreLock:
 
         Releasing a lease whose time ran out logs a warning and returns.
         """
-        if not self.active:
+        state = self._state
+        if state is not _HELD and state is not _LOST:
             return
-        if not self.enabled or self._state is LockState.LOST:
+        if not self.enabled or state is _LOST:
             self._state = LockState.RELEASED
             return
         assert self.token is not None
@@ -262,13 +266,14 @@ class KeyValueStoreLock:
         """Validate this lock for a write to ``for_key`` (Keystone's checks)."""
         if for_key != self.key:
             raise ValueError(f"lock is for key {self.key!r}, not {for_key!r}")
-        if not self.active:
+        state = self._state
+        if state is not _HELD:
+            if state is _LOST:
+                raise exception.LeaseLost(
+                    f"lease on key {self.key!r} in store {self.store!r} was lost",
+                    key=self.key, store=self.store)
             raise ValueError(f"lock on key {self.key!r} is not active; acquire it first")
-        if self._state is LockState.LOST:
-            raise exception.LeaseLost(
-                f"lease on key {self.key!r} in store {self.store!r} was lost",
-                key=self.key, store=self.store)
-        if self.expired:
+        if self._valid_until is not None and time.monotonic() >= self._valid_until:
             raise exception.LockTimeout(
                 f"lock timeout occurred for key {self.key!r} in store {self.store!r}",
                 key=self.key, store=self.store)

@@ -85,12 +85,17 @@ class LeasePath:
         self.set_multi: Callable[[Mapping[str, bytes], float | None], None] = \
             top.plain_set_multi
         self.delete_multi: Callable[[Sequence[str]], None] = top.delete_multi
+        if backend is not None:
+            # No layer in between: the backend's own answers need no check.
+            self.delete = backend.plain_delete  # type: ignore[method-assign]
+            self.fenced_set = backend.fenced_set  # type: ignore[method-assign]
+            self.fenced_delete = backend.fenced_delete  # type: ignore[method-assign]
 
     def delete(self, key: str) -> bool:
         return expect_existed(self.top, self.top.plain_delete(key))
 
-    def fenced_set(self, key: str, data: bytes, token: str, ttl: float | None) -> Fenced:
-        return expect_outcome(self.top, self.top.fenced_set(key, data, token, ttl), "fenced_set")
+    def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
+        return expect_outcome(self.top, self.top.fenced_set(key, value, token, ttl), "fenced_set")
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
         return expect_outcome(self.top, self.top.fenced_delete(key, token), "fenced_delete")
