@@ -9,7 +9,9 @@ import kvs
 
 def _store(config: dict[str, Any], name: str) -> kvs.KeyValueStore:
     store = kvs.get_key_value_store(name)
-    store.configure(**config)
+    # A pool worker may run two tasks: the store is then already configured.
+    if not store.is_configured:
+        store.configure(**config)
     return store
 
 
