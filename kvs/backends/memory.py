@@ -63,7 +63,10 @@ class MemoryBackend(LeaseBackend):
             return self._read(key, time.monotonic())
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
-        return [self.get_serialized(key) for key in keys]
+        # Under the lock: a concurrent set_multi is seen whole or not at all.
+        with self._changed:
+            now = time.monotonic()
+            return [self._read(key, now) for key in keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.check_size(key, value)

@@ -27,9 +27,10 @@ now and then.
 Arguments:
 
 ``filename``
-    Path of the database file (default ``kvs.sqlite3``, relative to the
-    working directory; ``~`` is expanded).  Created if missing; its directory
-    must exist.
+    Path of the database file (default ``kvs.sqlite3``; ``~`` is expanded).
+    A relative path is resolved against the working directory *at configure
+    time*, so a later ``chdir`` never makes a thread open another file.
+    Created if missing; its directory must exist.
 ``busy_timeout``
     Seconds a call waits for another connection's write lock before raising
     :class:`~kvs.exception.BackendUnavailable` (default 5.0; 0 fails at once).
@@ -166,7 +167,9 @@ class SQLiteBackend(LeaseBackend):
             raise exception.ConfigurationError(
                 f"backend argument 'filename' must be the path of a file for {self.name}, "
                 f"got {filename!r}", option="filename")
-        self.filename: str = os.path.expanduser(filename)
+        # Absolute now: a thread that first touches the store after the process
+        # changes directory must open the same file.
+        self.filename: str = os.path.abspath(os.path.expanduser(filename))
         self.busy_timeout: float = self.options["busy_timeout"]
         self._errors = Translating(self.translate_file_error)
         self.synchronous: str = self.options["synchronous"]

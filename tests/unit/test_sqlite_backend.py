@@ -666,3 +666,23 @@ def test_wait_for_release_gives_up_at_the_timeout(backend: SQLiteBackend) -> Non
     assert time.monotonic() - started < 10  # returned, still held
     assert backend.lease_info("k").token == "holder"  # type: ignore[union-attr]
     backend.wait_for_release("free", 30)  # free: returns at once
+
+
+def test_relative_filename_is_resolved_at_configure(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A thread that first touches the store after a chdir must open the same
+    # file: otherwise a second holder gets the same lease (fence 1 again).
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    backend = SQLiteBackend({"filename": "relative.sqlite3"})
+    assert backend.filename == str(first / "relative.sqlite3")
+    assert backend.acquire_lease("k", "a", 30) == 1
+    monkeypatch.chdir(second)
+    fences: list[int | None] = []
+    thread = threading.Thread(target=lambda: fences.append(backend.acquire_lease("k", "b", 30)))
+    thread.start()
+    thread.join()
+    assert fences == [None]  # held by "a" in the one file
+    assert not (second / "relative.sqlite3").exists()
