@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -26,7 +25,7 @@ from dogpile.cache.api import NO_VALUE
 from dogpile.cache.proxy import ProxyBackend
 from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 
-from kvs import exception, manglers, paths, security, serializers
+from kvs import durations, exception, manglers, paths, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 from kvs.errors import raise_translated, translated
 from kvs.lock import KeyValueStoreLock
@@ -121,28 +120,6 @@ def _build_proxies(proxy_list: Sequence[Any] | None,
     return proxies
 
 
-def _non_negative(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise exception.ConfigurationError(
-            f"{name} must be a number of seconds, got {value!r}", option=name) from None
-    if not math.isfinite(number) or number < 0:
-        raise exception.ConfigurationError(
-            f"{name} must be a finite number >= 0, got {value!r}", option=name)
-    return number
-
-
-def _positive_ttl(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    number = _non_negative(name, value)
-    if number == 0:
-        raise exception.ConfigurationError(
-            f"{name} must be > 0 seconds (use None for no expiry)", option=name)
-    return number
-
-
 class KeyValueStore:
     """A named key-value store.  Get one with :func:`get_key_value_store`.
 
@@ -164,6 +141,8 @@ class KeyValueStore:
         self._serializer: serializers.Serializer = serializers.get_serializer(
             serializers.DEFAULT_SERIALIZER)
         self._path: paths.DataPath | None = None
+        #: The longest duration the backend can represent (seconds, now).
+        self._max_duration: Callable[[], float] = lambda: durations.MAX_SECONDS
         self._key_mangler: Callable[[str], str] = manglers.prefixed(name, None)
 
     def __repr__(self) -> str:
@@ -209,8 +188,11 @@ class KeyValueStore:
                    args: dict[str, Any]) -> None:
         # Everything that can fail is checked before region.configure(): once
         # the region holds a backend it cannot be configured again.
-        settings = self._store_settings(args)
         backend_cls: Any = _load_backend_class(backing_store)
+        max_duration = getattr(backend_cls, "max_duration", None)
+        if max_duration is None:
+            max_duration = self._max_duration
+        settings = self._store_settings(args, max_duration())
         self._check_backend_arguments(backing_store, backend_cls, args, settings["default_ttl"])
         if key_mangler is not None and not callable(key_mangler):
             raise exception.ConfigurationError("key_mangler must be callable", option="key_mangler")
@@ -238,6 +220,7 @@ class KeyValueStore:
         self._region.serializer = settings["codec"].dumps
         self._region.deserializer = serializers.checked_loads(settings["codec"])
         self._path = path
+        self._max_duration = max_duration
         self._serializer = settings["codec"]
         self.locking = bool(locking)
         self.lock_timeout = settings["lock_timeout"]
@@ -248,9 +231,11 @@ class KeyValueStore:
         self.backend_name = backing_store
         self._warn_about(path, settings)
 
-    def _store_settings(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _store_settings(self, args: dict[str, Any], maximum: float) -> dict[str, Any]:
         """Pop and validate the arguments the store consumes itself."""
-        lock_timeout = _non_negative("lock_timeout", args.pop("lock_timeout", DEFAULT_LOCK_TIMEOUT))
+        # The backend keeps a lease for lock_timeout plus its safety window.
+        lock_timeout = durations.seconds(
+            "lock_timeout", args.pop("lock_timeout", DEFAULT_LOCK_TIMEOUT), maximum - 2)
         wait = args.pop("lock_wait_timeout", None)
         if wait is None:
             # 0 means "never expires", not "never wait": waiting forever for a
@@ -260,11 +245,11 @@ class KeyValueStore:
         strategy = args.pop("security_strategy", None) or "none"
         return {
             "lock_timeout": lock_timeout,
-            "lock_wait_timeout": _non_negative("lock_wait_timeout", wait),
+            "lock_wait_timeout": durations.seconds("lock_wait_timeout", wait, maximum),
             "key_prefix": self.name if key_prefix is None else str(key_prefix),
             "codec": serializers.get_serializer(
                 args.pop("serializer", None) or serializers.DEFAULT_SERIALIZER),
-            "default_ttl": _positive_ttl("default_ttl", args.pop("default_ttl", None)),
+            "default_ttl": durations.ttl("default_ttl", args.pop("default_ttl", None), maximum),
             "enable_key_mangler": bool(args.pop("enable_key_mangler", True)),
             "strategy": strategy,
             "seal": security.make_codec(strategy, args.pop("secret_key", None)),
@@ -330,7 +315,8 @@ class KeyValueStore:
         return self._key_mangler(manglers.check_key(key))
 
     def _ttl(self, ttl: float | None) -> float | None:
-        return self.default_ttl if ttl is None else _positive_ttl("ttl", ttl)
+        return self.default_ttl if ttl is None else durations.ttl("ttl", ttl,
+                                                                  self._max_duration())
 
     def _decode(self, stored: Any) -> Any:
         return NO_VALUE if stored is NO_VALUE else serializers.unpack(self._serializer, stored)
@@ -425,10 +411,7 @@ class KeyValueStore:
         try:  # the hot path: raise_translated instead of a @translated frame
             path = self._path or self._require_path()
             mangled = self._key_mangler(manglers.check_key(key))
-            if ttl is None:
-                ttl = self.default_ttl
-            else:
-                ttl = self._ttl(ttl)
+            ttl = self.default_ttl if ttl is None else self._ttl(ttl)
             if lock is None:
                 path.set(mangled, serializers.pack(self._serializer, value), ttl)
                 return
@@ -500,12 +483,14 @@ class KeyValueStore:
         """
         path = self._require_path()
         manglers.check_key(key)
+        maximum = self._max_duration()
         timeout = (self.lock_timeout if lock_timeout is None
-                   else _non_negative("lock_timeout", lock_timeout))
+                   else durations.seconds("lock_timeout", lock_timeout, maximum - 2))
         wait = (self.lock_wait_timeout if lock_wait_timeout is None
-                else _non_negative("lock_wait_timeout", lock_wait_timeout))
+                else durations.seconds("lock_wait_timeout", lock_wait_timeout, maximum))
         return KeyValueStoreLock(path.leases, key, self._key_mangler(key), timeout, wait,
-                                 enabled=self.locking, store=self.name)
+                                 enabled=self.locking, store=self.name,
+                                 max_duration=self._max_duration)
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         """Who holds the lease on ``key`` right now (token, fence, time left)."""

@@ -36,7 +36,7 @@ from typing import Protocol
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
-from kvs import exception
+from kvs import durations, exception
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 
 LOG = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ class KeyValueStoreLock:
     """
 
     def __init__(self, leases: Leases, key: str, lease_key: str, lock_timeout: float,
-                 lock_wait_timeout: float, enabled: bool = True, store: str | None = None
-                 ) -> None:
+                 lock_wait_timeout: float, enabled: bool = True, store: str | None = None,
+                 max_duration: Callable[[], float] = lambda: durations.MAX_SECONDS) -> None:
         self._leases = leases
         #: The user's key this lock guards.
         self.key = key
@@ -95,6 +95,7 @@ class KeyValueStoreLock:
         #: False when the store was configured with ``locking=False``.
         self.enabled = enabled
         self.store = store
+        self._max_duration = max_duration
         #: Unique per acquisition; None before the first acquire.
         self.token: str | None = None
         #: Strictly increasing per key and store across acquisitions; None before.
@@ -249,8 +250,7 @@ class KeyValueStoreLock:
         Raises :class:`~kvs.exception.LockTimeout` if the lease already ran out
         or was taken over.
         """
-        if seconds <= 0:
-            raise ValueError("extend() needs a positive number of seconds")
+        seconds = durations.seconds("extend(seconds)", seconds, self._max_duration(), zero=False)
         self.check(for_key=self.key)
         if not self.enabled or self._valid_until is None:
             return

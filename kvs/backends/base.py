@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, NoValue
 
-from kvs import exception
+from kvs import durations, exception
 
 
 class Fenced(enum.Enum):
@@ -171,6 +171,11 @@ class LeaseBackend(BytesBackend, abc.ABC):
 
     #: Largest serialized value (bytes) the backend itself can hold.
     backend_value_limit: ClassVar[int | None] = None
+
+    @classmethod
+    def max_duration(cls) -> float:
+        """The longest TTL or lease, in seconds, this backend can represent now."""
+        return durations.MAX_SECONDS
 
     # The store installs its own codec on the region after configuring it;
     # None here keeps dogpile from adopting BytesBackend's pickle default.

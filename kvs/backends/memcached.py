@@ -496,6 +496,14 @@ class MemcachedBackend(LeaseBackend):
 
     # -- data ---------------------------------------------------------------
 
+    @classmethod
+    def max_duration(cls) -> float:
+        """Past 30 days memcached reads an expiry as a Unix time, a signed 32-bit
+        number on the server: nothing may end after January 2038 (a later one
+        would expire at once).  A minute of margin covers rounding and the
+        lease's safety window."""
+        return float(2**31 - 1 - int(time.time()) - 60)
+
     def check_size(self, key: str, value: bytes) -> None:
         super().check_size(key, value)
         if len(value) <= ALWAYS_FITS:

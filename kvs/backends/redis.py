@@ -36,6 +36,7 @@ on ``NOSCRIPT`` by redis-py, so they survive ``SCRIPT FLUSH`` and restarts.
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -120,6 +121,37 @@ def milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+_SSL_CERT_REQS = ("none", "optional", "required")
+
+
+def check_url(url: str) -> None:
+    """Parse ``url`` as redis-py will, at configure time; ConfigurationError if it cannot.
+
+    The message names the part that is wrong, never the URL (it may hold a
+    password).
+    """
+    from redis.connection import parse_url
+
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.lstrip("/")
+    if parts.scheme != "unix" and path and not path.isdigit():
+        raise exception.ConfigurationError(
+            "the database in backend argument 'url' must be a number (redis://host:port/0)",
+            option="url")
+    try:
+        parsed = parse_url(url)
+    except (ValueError, TypeError) as exc:
+        quoted = re.search(r"'([a-z_]+)'", str(exc))
+        what = f"query parameter {quoted.group(1)!r}" if quoted else "host or port"
+        raise exception.ConfigurationError(
+            f"backend argument 'url' has an invalid {what}", option="url") from None
+    cert_reqs = parsed.get("ssl_cert_reqs")
+    if cert_reqs is not None and str(cert_reqs).lower() not in _SSL_CERT_REQS:
+        raise exception.ConfigurationError(
+            f"query parameter 'ssl_cert_reqs' of backend argument 'url' must be one of "
+            f"{', '.join(_SSL_CERT_REQS)}", option="url")
+
+
 class RedisBackend(LeaseBackend):
     """``kvs.redis``: one Redis server.  See ``doc/backends/redis.md`` for the arguments."""
 
@@ -130,7 +162,8 @@ class RedisBackend(LeaseBackend):
         **LeaseBackend.arguments,
         **CONNECTION_ARGUMENTS,
         **REPLICATION_ARGUMENTS,
-        "url": ArgumentSpec("str"),
+        # A URL may carry a password: never shown, whatever its type.
+        "url": ArgumentSpec("str", secret=True),
         "host": ArgumentSpec("str"),
         "port": ArgumentSpec("int", minimum=1),
         "db": ArgumentSpec("int", minimum=0),
@@ -342,6 +375,7 @@ return #KEYS
             if self._tls_wanted() and scheme != "rediss":
                 raise exception.ConfigurationError(
                     "TLS arguments need a rediss:// url", option="url")
+            check_url(url)
         if options["client"] is not None:
             given = [name for name in ("url", "host", "port") if options[name] is not None]
             if given:
