@@ -62,15 +62,56 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown msgpack extension type {code}")
 
 
+#: How deep values may nest (containers inside containers).  The decoders
+#: have limits of their own: msgpack's unpacker reads 1,023 levels (one fewer
+#: than its packer writes), and json's depends on Python's recursion limit and
+#: on the caller's stack.  Without these checks a value could be written that
+#: nobody can read back.
+MAX_DEPTH = {"msgpack": 1023, "json": 512}
+
+#: Every level costs the encoding at least two bytes (one for msgpack), so a
+#: shorter encoding cannot be too deep and is never walked.
+_WALK_FROM = 1024
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True if containers in ``value`` nest more than ``limit`` levels."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    containers = (dict, list, tuple)
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values()
+                           if isinstance(child, containers))
+            pending.extend((child, depth + 1) for child in item
+                           if isinstance(child, tuple))
+        else:
+            pending.extend((child, depth + 1) for child in item
+                           if isinstance(child, containers))
+    return False
+
+
+def _check_depth(value: Any, encoded: bytes, codec: str) -> bytes:
+    if len(encoded) >= _WALK_FROM and isinstance(value, (dict, list, tuple)) and \
+            _deeper_than(value, MAX_DEPTH[codec]):
+        raise exception.SerializationError(
+            f"cannot serialize a {type(value).__name__} with {codec}: it nests deeper than "
+            f"{MAX_DEPTH[codec]} levels")
+    return encoded
+
+
 class MsgpackSerializer(Serializer):
     name = "msgpack"
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return msgpack.packb(value, use_bin_type=True, default=_msgpack_default)
+            encoded = msgpack.packb(value, use_bin_type=True, default=_msgpack_default)
         except (TypeError, ValueError, OverflowError) as exc:
             raise exception.SerializationError(
                 f"cannot serialize a {type(value).__name__} with msgpack: {exc}") from None
+        return _check_depth(value, encoded, self.name)
 
     def loads(self, data: bytes | memoryview) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
@@ -94,11 +135,12 @@ class JSONSerializer(Serializer):
     def dumps(self, value: Any) -> bytes:
         try:
             _check_json_keys(value)
-            return json.dumps(value, separators=(",", ":"), allow_nan=True,
-                              default=self._refuse).encode("utf-8")
+            encoded = json.dumps(value, separators=(",", ":"), allow_nan=True,
+                                 default=self._refuse).encode("utf-8")
         except (TypeError, ValueError, RecursionError) as exc:
             raise exception.SerializationError(
                 f"cannot serialize a {type(value).__name__} with json: {exc}") from None
+        return _check_depth(value, encoded, self.name)
 
     @staticmethod
     def _refuse(value: Any) -> Any:

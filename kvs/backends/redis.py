@@ -123,6 +123,10 @@ def milliseconds(seconds: float) -> int:
 
 _SSL_CERT_REQS = ("none", "optional", "required")
 
+#: The oldest Redis kvs runs on: 6.0 (fractional BLPOP timeouts; scripts that
+#: call TIME before writing need 5.0).
+MIN_REDIS_VERSION = (6, 0)
+
 
 def check_url(url: str) -> None:
     """Parse ``url`` as redis-py will, at configure time; ConfigurationError if it cannot.
@@ -350,6 +354,7 @@ return #KEYS
         self._writer: Any = None
         self._reader: Any = None
         self._scripts: dict[str, Any] = {}
+        self._version_checked = False
         self.endpoint = self._describe_endpoint()
         self.wait_replicas: int = self.options.get("wait_replicas") or 0
         # BLPOP must return before the socket read timeout fires.
@@ -502,6 +507,25 @@ return #KEYS
     def _connect(self) -> None:
         self._adopt(*self._create_clients())
 
+    def _check_server_version(self, client: Any) -> None:
+        """Refuse a server older than :data:`MIN_REDIS_VERSION`, naming both versions."""
+        import redis.exceptions
+
+        try:
+            info = client.info("server")
+        except redis.exceptions.ResponseError:
+            return  # INFO renamed or disabled (or a test double): nothing to check
+        versions = [info.get("redis_version")] if "redis_version" in info else [
+            node.get("redis_version") for node in info.values() if isinstance(node, dict)]
+        for version in filter(None, versions):
+            found = tuple(int(part) for part in re.findall(r"\d+", str(version))[:2])
+            if found < MIN_REDIS_VERSION:
+                raise exception.ConfigurationError(
+                    f"{self.name}: redis at {self.endpoint} is version {version}; kvs needs "
+                    f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer (fractional BLPOP "
+                    f"timeouts, TIME before writes in scripts)", option="backend",
+                    host=self.endpoint)
+
     @property
     def reader(self) -> Any:
         """The client that serves plain reads (the master unless configured otherwise)."""
@@ -510,8 +534,10 @@ return #KEYS
         return self._reader
 
     def _script(self, name: str) -> Any:
-        if not self._scripts:
-            self.client  # noqa: B018
+        if not self._version_checked:
+            # Lease calls are what need a recent server: check before the first.
+            self._check_server_version(self.client)
+            self._version_checked = True
         return self._scripts[name]
 
     # -- errors -------------------------------------------------------------

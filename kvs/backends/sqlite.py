@@ -67,6 +67,9 @@ from kvs.errors import Translating
 
 LOG = logging.getLogger(__name__)
 
+#: The oldest SQLite library kvs runs on (``DELETE ... RETURNING``).
+MIN_SQLITE_VERSION = (3, 35, 0)
+
 #: Bumped when the table layout changes; stored in ``PRAGMA user_version``.
 _SCHEMA_VERSION = 1
 
@@ -162,6 +165,11 @@ class SQLiteBackend(LeaseBackend):
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         super().__init__(arguments)
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise exception.ConfigurationError(
+                f"{self.name} needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer "
+                f"(DELETE ... RETURNING); this Python has SQLite {sqlite3.sqlite_version}",
+                option="backend")
         filename = self.options["filename"]
         if not filename or filename == ":memory:" or filename.startswith("file:"):
             raise exception.ConfigurationError(

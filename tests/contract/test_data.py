@@ -261,3 +261,30 @@ def test_many_threads_share_one_store(store: kvs.KeyValueStore) -> None:
         thread.join()
     assert errors == []
     assert store.get_multi([f"t{n}-19" for n in range(8)]) == [[n, 19] for n in range(8)]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_nesting_up_to_the_limit_round_trips_and_deeper_is_refused(
+        store: kvs.KeyValueStore) -> None:
+    from kvs.serializers import MAX_DEPTH
+
+    def depth(value: Any) -> int:  # iterative: == on 1,023 levels would recurse too deep
+        levels = 0
+        while isinstance(value, list):
+            levels += 1
+            value = value[0] if value else None
+        return levels
+
+    limit = MAX_DEPTH["msgpack"]
+    store.set("deep", _nested(limit))
+    assert depth(store.get("deep")) == limit
+    # One level more: the packer would write it, but nobody could read it back.
+    with pytest.raises(exception.SerializationError, match="deeper than"):
+        store.set("deep", _nested(limit + 1))
+    assert depth(store.get("deep")) == limit

@@ -33,3 +33,16 @@ def test_unknown_serializer_lists_known_ones() -> None:
     with pytest.raises(exception.ConfigurationError) as info:
         serializers.get_serializer("yaml")
     assert "msgpack" in str(info.value) and "json" in str(info.value)
+
+
+def test_json_nesting_limit_is_checked_before_writing() -> None:
+    from kvs import exception
+    from kvs.serializers import MAX_DEPTH, JSONSerializer
+
+    codec = JSONSerializer()
+    value: list = []
+    for _ in range(MAX_DEPTH["json"] - 1):
+        value = [value]
+    assert codec.loads(codec.dumps(value)) is not None  # 512 levels: fine
+    with pytest.raises(exception.SerializationError, match="deeper than 512"):
+        codec.dumps([value])
