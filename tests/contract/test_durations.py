@@ -73,6 +73,6 @@ def test_lock_timeout_too_long_for_the_backend_is_refused(store: kvs.KeyValueSto
     except exception.ConfigurationError as error:
         assert error.context["option"] == "lock_timeout"
         return
-    with lock:  # accepted: then a second holder must be refused
-        with pytest.raises(exception.LockAcquireTimeout):
-            store.get_lock("k", lock_wait_timeout=0).acquire()
+    # Accepted: then a second holder must be refused.
+    with lock, pytest.raises(exception.LockAcquireTimeout):
+        store.get_lock("k", lock_wait_timeout=0).acquire()

@@ -18,7 +18,8 @@ import kvs
 from kvs import exception
 
 
-def test_redis_older_than_6_is_refused_at_the_first_lease_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_older_than_6_is_refused_at_the_first_lease_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
 
     def info(section: str | None = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
