@@ -189,19 +189,24 @@ class RedisBackend(LeaseBackend):
     #: Returns the fence number, or nil when another token holds the lease.
     #: Guarantee: taken when free, or re-taken when it already holds this token
     #: (the retry of a request whose reply was lost: same fence, fresh TTL), so
-    #: a lost reply never leaves an ownerless lease.  A new grant increments the
-    #: counter, which never goes back: a missing counter (first use, eviction,
-    #: restart without persistence) is seeded from the server clock in
-    #: microseconds, above any earlier fence.
+    #: a lost reply never leaves an ownerless lease.  A new grant's fence is
+    #: max(counter, server clock in microseconds) + 1, so it never goes back,
+    #: even when the counter is missing (first use, eviction, restart without
+    #: persistence) or old (restored from an RDB snapshot or an AOF that lost
+    #: its last second): no script runs in under a microsecond, so the counter
+    #: never leads the clock by more than a restart takes.  (Lua numbers are
+    #: doubles, exact up to 2^53 us, the year 2255.)
     ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
 local fence
 if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
 if not fence then
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+  local now = redis.call('TIME')
+  local clock = now[1] .. string.format('%06d', tonumber(now[2]))
+  local counter = tonumber(redis.call('GET', KEYS[2]))
+  if not counter or counter < tonumber(clock) then
+    redis.call('SET', KEYS[2], clock)
   end
   fence = redis.call('INCR', KEYS[2])
 end
@@ -226,9 +231,11 @@ if holder and holder ~= ARGV[1] then return false end
 local fence
 if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
 if not fence then
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+  local now = redis.call('TIME')
+  local clock = now[1] .. string.format('%06d', tonumber(now[2]))
+  local counter = tonumber(redis.call('GET', KEYS[2]))
+  if not counter or counter < tonumber(clock) then
+    redis.call('SET', KEYS[2], clock)
   end
   fence = redis.call('INCR', KEYS[2])
 end
