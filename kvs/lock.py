@@ -44,6 +44,11 @@ LOG = logging.getLogger(__name__)
 #: The largest safety window, as in Keystone's ``LOCK_WINDOW``.
 MAX_LOCK_WINDOW = 1.0
 
+#: Seconds a ``lock_timeout = 0`` lease lives on the backend until its grant is
+#: confirmed (then it never expires).  Bounds how long a lease whose grant
+#: replies were all lost can stay without an owner.
+PROVISIONAL_LEASE = 10.0
+
 
 def safety_window(lock_timeout: float) -> float:
     """Seconds between the holder's expiry and the backend's (each side of T)."""
@@ -69,6 +74,7 @@ class Leases(Protocol):
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None: ...
     def release_lease(self, key: str, token: str) -> bool: ...
     def extend_lease(self, key: str, token: str, ttl: float) -> bool: ...
+    def persist_lease(self, key: str, token: str) -> bool: ...
     def lease_info(self, key: str) -> LeaseInfo | None: ...
     def wait_for_release(self, key: str, timeout: float) -> None: ...
 
@@ -132,9 +138,10 @@ class KeyValueStoreLock:
             return None
         return max(0.0, self._valid_until - time.monotonic())
 
-    def _backend_ttl(self) -> float | None:
+    def _backend_ttl(self) -> float:
         if self.lock_timeout == 0:
-            return None
+            # Never expires, once confirmed: see _confirm_permanent.
+            return PROVISIONAL_LEASE
         return self.lock_timeout + safety_window(self.lock_timeout)
 
     def _start(self, fence: int, started: float) -> None:
@@ -188,7 +195,7 @@ class KeyValueStoreLock:
         while True:
             started = time.monotonic()
             fence = self._attempt_with_retry(attempt)
-            if fence is not None:
+            if fence is not None and (self.lock_timeout != 0 or self._confirm_permanent()):
                 self._start(fence, started)
                 return
             remaining = deadline - time.monotonic()
@@ -213,12 +220,34 @@ class KeyValueStoreLock:
         try:
             return attempt()
         except exception.BackendUnavailable:
-            assert self.token is not None
-            try:
-                self._leases.release_lease(self.lease_key, self.token)
-            except exception.KVSError:
-                pass  # unreachable: the lease expires with its TTL
+            self._give_back()
             raise
+
+    def _confirm_permanent(self) -> bool:
+        """Second step of a ``lock_timeout = 0`` acquire: drop the provisional TTL.
+
+        The grant carried a TTL of :data:`PROVISIONAL_LEASE` seconds, so if its
+        replies were lost and the give-back failed too, the lease still ends
+        by itself.  False if the lease was lost meanwhile (the caller tries
+        again); if the confirmation cannot reach the backend, the lease is
+        given back (best effort) and BackendUnavailable raised.
+        """
+        assert self.token is not None
+        for attempt in (1, 2):
+            try:
+                return self._leases.persist_lease(self.lease_key, self.token)
+            except exception.BackendUnavailable:
+                if attempt == 2:
+                    self._give_back()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _give_back(self) -> None:
+        assert self.token is not None
+        try:
+            self._leases.release_lease(self.lease_key, self.token)
+        except exception.KVSError:
+            pass  # unreachable: the lease ends with its TTL
 
     def release(self) -> None:
         """Give the lease back.  Never releases a lease another holder now owns.

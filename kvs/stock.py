@@ -114,6 +114,9 @@ class StockLeases:
                 return False
         return self._local.extend_lease(key, token, ttl)
 
+    def persist_lease(self, key: str, token: str) -> bool:
+        return self._local.persist_lease(key, token)
+
     def holds(self, key: str, token: str) -> bool:
         info = self._local.lease_info(key)
         return info is not None and info.token == token

@@ -6,6 +6,7 @@ answers five lease calls on an already-mangled key.  Each call is atomic in the
 backend: one transaction, one Lua script, one critical section:
 
 =====================  =======================================================
+``persist_lease``      make the lease never expire, only if it holds this token
 ``acquire_lease``      take the lease if free, or if it already holds this
                        token (a retry after a lost reply); return the new
                        fence number, or ``None`` if another holder has it
@@ -235,6 +236,15 @@ class LeaseBackend(BytesBackend, abc.ABC):
     @abc.abstractmethod
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         """Add ``ttl`` seconds to the lease only if ``token`` holds it."""
+
+    @abc.abstractmethod
+    def persist_lease(self, key: str, token: str) -> bool:
+        """Make the lease never expire, only if ``token`` holds it.
+
+        ``lock_timeout = 0`` takes a lease with a short provisional TTL first
+        and persists it once the grant's reply has arrived, so a grant whose
+        replies are lost never leaves a lease without owner forever.
+        """
 
     @abc.abstractmethod
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:

@@ -628,6 +628,18 @@ class MemcachedBackend(LeaseBackend):
             return client.cas(_LEASE_PREFIX + safe, wanted, lease.flags[b"c"], expire,
                               noreply=False) is True
 
+    def persist_lease(self, key: str, token: str) -> bool:
+        safe, server = self._route(key)
+        wanted = token.encode()
+        with server.errors:
+            client = server.client()
+            lease = self._read_lease(client, safe)
+            if lease is None or lease.value != wanted:
+                return False
+            # cas: only the lease we just read, not one granted since.
+            return client.cas(_LEASE_PREFIX + safe, wanted, lease.flags[b"c"], 0,
+                              noreply=False) is True
+
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         # Check, then write: two steps memcached cannot join (module docstring).
         self.check_size(key, value)

@@ -134,6 +134,13 @@ class MemoryBackend(LeaseBackend):
                 self._leases[key] = (token, deadline + ttl)
             return True
 
+    def persist_lease(self, key: str, token: str) -> bool:
+        with self._changed:
+            if self._holder(key, time.monotonic()) != token:
+                return False
+            self._leases[key] = (token, None)
+            return True
+
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
         with self._changed:

@@ -287,6 +287,15 @@ if left > 0 then redis.call('PEXPIRE', KEYS[1], left + tonumber(ARGV[2])) end
 return 1
 """
 
+    #: Make the lease never expire, only if it holds this token (the second
+    #: step of a lock_timeout = 0 acquire, whose grant had a provisional TTL).
+    #: KEYS[1] lease.  ARGV[1] token.  Returns 1 persisted, 0 not ours.
+    PERSIST = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
     #: Fenced write.
     #: KEYS[1] lease, KEYS[2] data.  ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none).
     #: Returns 1 written, 0 lease lost (nothing written).
@@ -351,8 +360,9 @@ for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'PX', ttl) end
 return #KEYS
 """
 
-    _SCRIPTS = ("ACQUIRE", "ACQUIRE_AND_GET", "RELEASE", "BREAK", "EXTEND", "FENCED_SET",
-                "FENCED_SET_AND_RELEASE", "FENCED_DELETE", "LEASE_INFO", "SET_MULTI_PX")
+    _SCRIPTS = ("ACQUIRE", "ACQUIRE_AND_GET", "RELEASE", "BREAK", "EXTEND", "PERSIST",
+                "FENCED_SET", "FENCED_SET_AND_RELEASE", "FENCED_DELETE", "LEASE_INFO",
+                "SET_MULTI_PX")
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         super().__init__(arguments)
@@ -700,6 +710,10 @@ return #KEYS
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         tag = hash_tag(key)
         return bool(self._script("EXTEND")(keys=[tag + ":lease"], args=[token, milliseconds(ttl)]))
+
+    @translated
+    def persist_lease(self, key: str, token: str) -> bool:
+        return bool(self._script("PERSIST")(keys=[hash_tag(key) + ":lease"], args=[token]))
 
     @translated
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:

@@ -429,6 +429,13 @@ class SQLiteBackend(LeaseBackend):
                 f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
                 (ttl, key, token, _now())).rowcount == 1
 
+    def persist_lease(self, key: str, token: str) -> bool:
+        with self._transaction() as connection:
+            return connection.execute(
+                f"UPDATE kvs_lease SET expires = NULL "
+                f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
+                (key, token, _now())).rowcount == 1
+
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
         with self._transaction() as connection:

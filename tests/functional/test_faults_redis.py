@@ -23,6 +23,7 @@ import pytest
 import kvs
 from kvs import exception
 from kvs.backends.redis import hash_tag
+from kvs.lock import PROVISIONAL_LEASE
 from tests.fixtures.redis_servers import RedisServer
 from tests.functional.fault_support import (
     HANG_SLACK,
@@ -357,3 +358,26 @@ def test_script_flush_leases_keep_working(redis_server: RedisServer,
         assert not direct.exists("k")
     finally:
         admin.close()
+
+
+def test_never_expiring_lease_whose_grant_replies_are_lost_still_ends(
+        proxy: FaultProxy, redis_server: RedisServer, direct: kvs.KeyValueStore,
+        prefix: str) -> None:
+    # lock_timeout = 0: the grant carries a provisional TTL until it is
+    # confirmed, so losing the grant's replies *and* the give-back cannot
+    # leave a lease that nobody owns and that never ends.
+    store = new_store(config_for(proxy.address, lock_timeout=0), prefix)
+    warm_up(store)
+    for _ in range(3):  # the acquire, its retry, and the give-back
+        proxy.drop_next_reply()
+    with pytest.raises(exception.BackendUnavailable):
+        store.get_lock("k").acquire()
+    token, pttl = raw_lease(redis_server, store, "k")
+    assert token is not None  # granted, and owned by nobody ...
+    assert 0 < pttl <= PROVISIONAL_LEASE * 1000  # ... but only for a bounded time
+    proxy.forward()
+    # A confirmed lock_timeout = 0 lease never expires.
+    direct.break_lock("k")
+    with store.get_lock("k") as lock:
+        token, pttl = raw_lease(redis_server, store, "k")
+        assert token == lock.token.encode() and pttl == -1  # type: ignore[union-attr]
