@@ -193,6 +193,25 @@ def parse_meta_replies(raw: bytes) -> list[MetaReply]:
     return replies
 
 
+class IdempotentRetryingClient(RetryingClient):
+    """pymemcache's ``RetryingClient``, resending only what is safe to send twice.
+
+    A resent ``delete``, ``cas`` or meta command (``md`` conditional delete)
+    whose first copy was applied answers "not found" or "exists": kvs would
+    then report a delete that happened as ``NotFound``, or an extend that
+    happened as a lost lease.  Those calls are sent once; a lost reply is
+    ``BackendUnavailable`` (the truth: unknown), and the lease logic above
+    retries where it can tell its own earlier success apart (acquire).
+    """
+
+    _SEND_ONCE = frozenset({"delete", "delete_many", "delete_multi", "cas", "raw_command"})
+
+    def _retry(self, name: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if name in self._SEND_ONCE:
+            return func(*args, **kwargs)
+        return super()._retry(name, func, *args, **kwargs)
+
+
 class BoundedPool:
     """A ``PooledClient`` whose callers wait for a free connection.
 
@@ -276,7 +295,7 @@ class Server:
         attempts = self._options["retry_attempts"]
         if not attempts:
             return client
-        return RetryingClient(client, attempts=attempts + 1,
+        return IdempotentRetryingClient(client, attempts=attempts + 1,
                               retry_delay=self._options["retry_delay"],
                               retry_for=list(_RETRYABLE))
 

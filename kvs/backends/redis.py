@@ -36,6 +36,7 @@ on ``NOSCRIPT`` by redis-py, so they survive ``SCRIPT FLUSH`` and restarts.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import urllib.parse
@@ -248,15 +249,28 @@ end
 return {fence, redis.call('GET', KEYS[3])}
 """
 
+    # Retried requests.  With ``retries`` > 0 redis-py resends a request
+    # whose reply was lost, and a second run of a write that already landed
+    # would report the wrong outcome (the lease is gone, the key deleted).
+    # So the scripts below take a request id (ARGV, '' when retries are off)
+    # and leave it in the key's "done" marker (KEYS: done) for DONE_TTL_MS;
+    # a run that finds its own id there answers what the first run answered.
+
     #: Compare-and-delete, then wake one waiter.
-    #: KEYS[1] lease, KEYS[2] signal list.  ARGV[1] token, ARGV[2] signal ttl ms.
-    #: Returns 1 released, 0 not ours (expired or taken over: left untouched).
+    #: KEYS[1] lease, KEYS[2] signal list, KEYS[3] done marker.
+    #: ARGV[1] token, ARGV[2] signal ttl ms, ARGV[3] request id ('': none), ARGV[4] done ttl ms.
+    #: Returns 1 released (now or by this request's first run), 0 not ours
+    #: (expired or taken over: left untouched).
     #: Guarantee: never releases another holder's lease.  The wake-up pushes one
     #: element unless one is already waiting; Redis serves the longest-blocked
     #: BLPOP, so one release hands off to one waiter (no thundering herd).
     RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
+  return 0
+end
 redis.call('DEL', KEYS[1])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
 if redis.call('LLEN', KEYS[2]) == 0 then
   redis.call('RPUSH', KEYS[2], '1')
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -278,12 +292,16 @@ return 1
 """
 
     #: Compare-and-extend: add time to the lease only if it holds this token.
-    #: KEYS[1] lease.  ARGV[1] token, ARGV[2] ms to add.
-    #: Returns 1 extended, 0 not ours.  A lease without expiry stays without.
+    #: KEYS[1] lease, KEYS[2] done marker.
+    #: ARGV[1] token, ARGV[2] ms to add, ARGV[3] request id ('': none), ARGV[4] done ttl ms.
+    #: Returns 1 extended (a retried request is not applied twice), 0 not ours.
+    #: A lease without expiry stays without.
     EXTEND = """
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local left = redis.call('PTTL', KEYS[1])
 if left > 0 then redis.call('PEXPIRE', KEYS[1], left + tonumber(ARGV[2])) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
 return 1
 """
 
@@ -314,11 +332,16 @@ return 1
 
     #: Fenced write, then release and wake one waiter, atomically: update()'s
     #: second round trip.
-    #: KEYS[1] lease, KEYS[2] data, KEYS[3] signal list.
-    #: ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none), ARGV[4] signal ttl ms.
-    #: Returns 1 written and released, 0 lease lost (nothing written, nothing released).
+    #: KEYS[1] lease, KEYS[2] data, KEYS[3] signal list, KEYS[4] done marker.
+    #: ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none), ARGV[4] signal ttl ms,
+    #: ARGV[5] request id ('': none), ARGV[6] done ttl ms.
+    #: Returns 1 written and released (now or by this request's first run),
+    #: 0 lease lost (nothing written, nothing released).
     FENCED_SET_AND_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then return 1 end
+  return 0
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
@@ -326,6 +349,7 @@ else
   redis.call('SET', KEYS[2], ARGV[2])
 end
 redis.call('DEL', KEYS[1])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 if redis.call('LLEN', KEYS[3]) == 0 then
   redis.call('RPUSH', KEYS[3], '1')
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
@@ -334,12 +358,27 @@ return 1
 """
 
     #: Fenced delete.
-    #: KEYS[1] lease, KEYS[2] data.  ARGV[1] token.
-    #: Returns 1 deleted, 2 lease ours but no value, 0 lease lost (nothing deleted).
+    #: KEYS[1] lease, KEYS[2] data, KEYS[3] done marker.
+    #: ARGV[1] token, ARGV[2] request id ('': none), ARGV[3] done ttl ms.
+    #: Returns 1 deleted (now or by this request's first run), 2 lease ours but
+    #: no value, 0 lease lost (nothing deleted).
     FENCED_DELETE = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) == ARGV[2] then return 1 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call('DEL', KEYS[2]) == 1 then return 1 end
-return 2
+if redis.call('DEL', KEYS[2]) == 0 then return 2 end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"""
+
+    #: Plain delete that a retried request answers truthfully (used only when
+    #: retries are on; otherwise a plain DEL).
+    #: KEYS[1] data, KEYS[2] done marker.  ARGV[1] request id, ARGV[2] done ttl ms.
+    #: Returns 1 deleted (now or by this request's first run), 0 no such key.
+    DELETE_ONCE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
     #: Who holds the lease, read atomically.
@@ -361,8 +400,12 @@ return #KEYS
 """
 
     _SCRIPTS = ("ACQUIRE", "ACQUIRE_AND_GET", "RELEASE", "BREAK", "EXTEND", "PERSIST",
-                "FENCED_SET", "FENCED_SET_AND_RELEASE", "FENCED_DELETE", "LEASE_INFO",
-                "SET_MULTI_PX")
+                "FENCED_SET", "FENCED_SET_AND_RELEASE", "FENCED_DELETE", "DELETE_ONCE",
+                "LEASE_INFO", "SET_MULTI_PX")
+
+    #: How long a "done" marker lets a retried request recognise its first run:
+    #: far longer than redis-py's retries take.
+    DONE_TTL_MS = 60_000
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         super().__init__(arguments)
@@ -667,7 +710,16 @@ return #KEYS
     @translated
     def plain_delete(self, key: str) -> bool:
         name = hash_tag(key)
-        return bool(self._write(key, lambda client: client.delete(name)))
+        request = self._request_id()
+        if not request:
+            return bool(self._write(key, lambda client: client.delete(name)))
+        script = self._script("DELETE_ONCE")
+        return bool(self._write(key, lambda client: script(
+            keys=[name, name + ":done"], args=[request, self.DONE_TTL_MS], client=client)))
+
+    def _request_id(self) -> str:
+        """A fresh id for one write request when redis-py may resend it, else ''."""
+        return os.urandom(8).hex() if self.options["retries"] else ""
 
     @translated
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
@@ -704,12 +756,15 @@ return #KEYS
     def release_lease(self, key: str, token: str) -> bool:
         tag = hash_tag(key)
         return bool(self._script("RELEASE")(
-            keys=[tag + ":lease", tag + ":signal"], args=[token, self.SIGNAL_TTL_MS]))
+            keys=[tag + ":lease", tag + ":signal", tag + ":done"],
+            args=[token, self.SIGNAL_TTL_MS, self._request_id(), self.DONE_TTL_MS]))
 
     @translated
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         tag = hash_tag(key)
-        return bool(self._script("EXTEND")(keys=[tag + ":lease"], args=[token, milliseconds(ttl)]))
+        return bool(self._script("EXTEND")(
+            keys=[tag + ":lease", tag + ":done"],
+            args=[token, milliseconds(ttl), self._request_id(), self.DONE_TTL_MS]))
 
     @translated
     def persist_lease(self, key: str, token: str) -> bool:
@@ -730,17 +785,21 @@ return #KEYS
         self.check_size(key, value)
         tag = hash_tag(key)
         script = self._script("FENCED_SET_AND_RELEASE")
+        request = self._request_id()
         written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", tag, tag + ":signal"],
-            args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS], client=client))
+            keys=[tag + ":lease", tag, tag + ":signal", tag + ":done"],
+            args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, request,
+                  self.DONE_TTL_MS], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
     @translated
     def fenced_delete(self, key: str, token: str) -> Fenced:
         tag = hash_tag(key)
         script = self._script("FENCED_DELETE")
+        request = self._request_id()
         outcome = self._write(key, lambda client: script(
-            keys=[tag + ":lease", tag], args=[token], client=client))
+            keys=[tag + ":lease", tag, tag + ":done"], args=[token, request, self.DONE_TTL_MS],
+            client=client))
         return {1: Fenced.WRITTEN, 2: Fenced.MISSING}.get(int(outcome), Fenced.LEASE_LOST)
 
     @translated

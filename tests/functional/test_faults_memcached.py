@@ -330,3 +330,34 @@ def test_holder_process_sigkilled(memcached_server: MemcachedServer, direct: kvs
         if child.is_alive():
             child.kill()
             child.join(10)
+
+
+def test_lost_delete_reply_is_unknown_not_not_found(via_proxy: kvs.KeyValueStore,
+                                                    proxy: FaultProxy,
+                                                    direct: kvs.KeyValueStore) -> None:
+    # With the default retry_attempts, pymemcache used to resend the delete,
+    # whose second copy answered NOT_FOUND: a delete that happened, reported
+    # as NotFound.  It is now sent once, and a lost reply is "unknown".
+    via_proxy.set("k", 1)
+    proxy.drop_next_reply(close=True)
+    with pytest.raises(exception.BackendUnavailable):
+        via_proxy.delete("k")
+    assert proxy.dropped == 1
+    assert not direct.exists("k")  # it did happen
+
+
+def test_lost_extend_reply_keeps_the_lease_held_and_releasable(
+        via_proxy: kvs.KeyValueStore, proxy: FaultProxy, direct: kvs.KeyValueStore) -> None:
+    lock = via_proxy.get_lock("k", lock_timeout=5).acquire()
+    # The extend's cas is applied, its reply lost: once reported as LeaseLost,
+    # which marked the lock lost, so release() never reached the server.
+    proxy.drop_next_reply(close=True, skip=1)  # let the lease read through, drop the cas
+    with pytest.raises(exception.BackendUnavailable):
+        lock.extend(5)
+    assert proxy.dropped == 1
+    assert lock.active and lock.state.value == "held"
+    via_proxy.set("k", "still mine", lock=lock)
+    lock.release()
+    assert direct.lease_info("k") is None
+    with direct.get_lock("k", lock_wait_timeout=0.5):  # free at once, not after expiry
+        pass

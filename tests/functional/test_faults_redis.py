@@ -73,6 +73,7 @@ def warm_up(store: kvs.KeyValueStore) -> None:
         store.lease_info("warm-up")
         store.delete("warm-up", lock=lock)
     store.update("warm-up", lambda value: value, default=0)
+    store.delete("warm-up")  # the plain delete (a script too when retries are on)
 
 
 @pytest.fixture
@@ -381,3 +382,55 @@ def test_never_expiring_lease_whose_grant_replies_are_lost_still_ends(
     with store.get_lock("k") as lock:
         token, pttl = raw_lease(redis_server, store, "k")
         assert token == lock.token.encode() and pttl == -1  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def retrying(proxy: FaultProxy, prefix: str) -> kvs.KeyValueStore:
+    """Through the proxy, with redis-py resending a request whose reply was lost."""
+    store = new_store(config_for(proxy.address, retries=1), prefix)
+    warm_up(store)
+    return store
+
+
+def test_retried_update_reports_its_own_success(retrying: kvs.KeyValueStore,
+                                                proxy: FaultProxy,
+                                                direct: kvs.KeyValueStore) -> None:
+    retrying.set("n", 10)
+    proxy.drop_next_reply(close=True, skip=1)  # the write+release, not the acquire+read
+    assert retrying.update("n", lambda n: n + 1) == 11
+    assert proxy.dropped == 1
+    assert direct.get("n") == 11  # applied once, and reported as written
+    assert direct.lease_info("n") is None
+
+
+def test_retried_deletes_report_their_own_success(retrying: kvs.KeyValueStore,
+                                                  proxy: FaultProxy,
+                                                  direct: kvs.KeyValueStore) -> None:
+    retrying.set("plain", 1)
+    proxy.drop_next_reply(close=True)
+    retrying.delete("plain")  # the resent DEL finds nothing: still not NotFound
+    assert proxy.dropped == 1 and not direct.exists("plain")
+    retrying.set("locked", 1)
+    with retrying.get_lock("locked") as lock:
+        proxy.drop_next_reply(close=True)
+        retrying.delete("locked", lock=lock)
+        assert proxy.dropped == 2
+    assert not direct.exists("locked") and direct.lease_info("locked") is None
+
+
+def test_retried_extend_and_release_tell_the_truth(retrying: kvs.KeyValueStore,
+                                                   proxy: FaultProxy,
+                                                   redis_server: RedisServer,
+                                                   direct: kvs.KeyValueStore,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    lock = retrying.get_lock("k", lock_timeout=2).acquire()
+    proxy.drop_next_reply(close=True)
+    lock.extend(30)  # applied once: about 2.5 + 30 s, not 2.5 + 60 s
+    _token, pttl = raw_lease(redis_server, retrying, "k")
+    assert 30_000 < pttl <= 33_000
+    proxy.drop_next_reply(close=True)
+    with caplog.at_level("WARNING", logger="kvs.lock"):
+        lock.release()
+    assert proxy.dropped == 2
+    assert not [r for r in caplog.records if "lost before release" in r.getMessage()]
+    assert direct.lease_info("k") is None
