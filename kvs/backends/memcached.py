@@ -57,10 +57,12 @@ import dataclasses
 import functools
 import hashlib
 import math
+import os
 import re
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -244,6 +246,18 @@ class BoundedPool:
         return call
 
 
+#: Every Server, so that a forked child can give each one fresh connections.
+_servers: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_servers):
+        server._new_clients()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Server:
     """One memcached server: its name for messages and its pymemcache client(s).
 
@@ -266,20 +280,32 @@ class Server:
             self.name = f"unix:{self.address}"
         self._options = options
         self._tls_context = tls_context
-        self._local = threading.local()
-        self._pool: Any = None
-        if options["use_pooling"]:
-            pool: Any = self._wrap(PooledClient(
-                self.address, max_pool_size=options["max_pool_size"], **self._client_kwargs()))
-            if options["max_pool_size"]:
-                pool = BoundedPool(pool, options["max_pool_size"], options["timeout"], self.name)
-            self._pool = pool
+        self._new_clients()
+        _servers.add(self)
         #: Monotonic time until which calls fail fast (``dead_timeout``).
         self.down_until = 0.0
         self.down_reason = ""
         self._item_size_max: int | None = None
         #: ``with server.errors:`` around every call to this server.
         self.errors = Translating(self.failure)
+
+    def _new_clients(self) -> None:
+        """Forget every client: each thread (or the pool) connects afresh on next use.
+
+        Called at construction and in a forked child, whose inherited sockets
+        are the parent's: sharing them would cross replies between processes.
+        The inherited client objects are dropped, not closed, so no shutdown
+        reaches the parent's connections.
+        """
+        self._local = threading.local()
+        self._pool: Any = None
+        if self._options["use_pooling"]:
+            options = self._options
+            pool: Any = self._wrap(PooledClient(
+                self.address, max_pool_size=options["max_pool_size"], **self._client_kwargs()))
+            if options["max_pool_size"]:
+                pool = BoundedPool(pool, options["max_pool_size"], options["timeout"], self.name)
+            self._pool = pool
 
     def _client_kwargs(self) -> dict[str, Any]:
         return {

@@ -57,6 +57,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, NoValue
@@ -117,8 +118,81 @@ _held_across_fork: list[_Connection] = []
 _inherited: list[_Connection] = []
 
 
+
+class _ForkGate:
+    """Lets SQLite calls run freely, and makes a fork wait until none is in flight.
+
+    Forking while another thread is inside SQLite copies that thread's file
+    locks, in-process lock counts and library mutexes into the child, where
+    nothing will ever release them: the child hangs in ``sqlite3.connect`` or
+    finds the file "locked by another writer" forever.  So every call into
+    SQLite runs inside the gate, and the fork hook waits (at most
+    :data:`FORK_WAIT` seconds) until no other thread is inside, holding new
+    callers back until the fork is done.
+
+    Thread-safe without a lock on the hot path: a caller marks itself busy
+    *before* it looks at the forking flag, and the forker raises the flag
+    *before* it looks for busy callers, so under the GIL one of them always
+    sees the other.
+    """
+
+    def __init__(self) -> None:
+        self._busy: dict[int, int] = {}  # thread ident -> nesting depth
+        self._forking = False
+        self._resume = threading.Event()
+        self._resume.set()
+
+    def enter(self) -> None:
+        ident = threading.get_ident()
+        depth = self._busy.get(ident, 0)
+        self._busy[ident] = depth + 1
+        while self._forking and depth == 0:
+            del self._busy[ident]
+            self._resume.wait()
+            self._busy[ident] = 1
+
+    def exit(self) -> None:
+        ident = threading.get_ident()
+        depth = self._busy.get(ident, 1) - 1
+        if depth:
+            self._busy[ident] = depth
+        else:
+            self._busy.pop(ident, None)
+
+    def before_fork(self) -> None:
+        self._resume.clear()
+        self._forking = True
+        me = threading.get_ident()
+        deadline = time.monotonic() + FORK_WAIT
+        while any(ident != me for ident in list(self._busy)):
+            if time.monotonic() >= deadline:
+                LOG.warning("forking while a thread is still inside SQLite after %s s; the "
+                            "child may find the file locked", FORK_WAIT)
+                break
+            time.sleep(0.0005)
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._resume.set()
+
+    def after_fork_in_child(self) -> None:
+        # The other threads are gone; only this one's own depth is real.
+        me = threading.get_ident()
+        self._busy = {me: self._busy[me]} if me in self._busy else {}
+        self._forking = False
+        self._resume = threading.Event()
+        self._resume.set()
+
+
+#: Longest a fork waits for calls in flight (a writer waits at most busy_timeout).
+FORK_WAIT = 30.0
+
+_gate = _ForkGate()
+
+
 # The lock is held across fork so that the child never inherits it locked.
 def _before_fork() -> None:
+    _gate.before_fork()
     _live_lock.acquire()
     _held_across_fork.extend(_live_connections)
 
@@ -126,6 +200,7 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     _held_across_fork.clear()
     _live_lock.release()
+    _gate.after_fork_in_parent()
 
 
 def _after_fork_in_child() -> None:
@@ -133,6 +208,25 @@ def _after_fork_in_child() -> None:
     _held_across_fork.clear()
     _live_connections.clear()
     _live_lock.release()
+    _gate.after_fork_in_child()
+
+
+class _Calls:
+    """``with backend._calls:`` around every use of SQLite: the fork gate, then
+    this file's error translation (see :mod:`kvs.errors`)."""
+
+    __slots__ = ("_translating",)
+
+    def __init__(self, translating: Translating) -> None:
+        self._translating = translating
+
+    def __enter__(self) -> None:
+        _gate.enter()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        _gate.exit()
+        self._translating.__exit__(exc_type, exc, tb)
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
@@ -179,7 +273,7 @@ class SQLiteBackend(LeaseBackend):
         # changes directory must open the same file.
         self.filename: str = os.path.abspath(os.path.expanduser(filename))
         self.busy_timeout: float = self.options["busy_timeout"]
-        self._errors = Translating(self.translate_file_error)
+        self._errors = _Calls(Translating(self.translate_file_error))
         self.synchronous: str = self.options["synchronous"]
         if self.max_value_size is not None and self.max_value_size > self.backend_value_limit:
             self.max_value_size = self.backend_value_limit
