@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -174,6 +175,9 @@ class RedisBackend(LeaseBackend):
         "db": ArgumentSpec("int", minimum=0),
         "client": ClientArgument(),
     }
+
+    #: Whether ``max_connections`` can be honoured with a pool that queues.
+    queues_for_connections: ClassVar[bool] = True
 
     #: Lifetime of a wake-up signal nobody popped: long enough to cover the gap
     #: between a waiter's failed acquire and its BLPOP, short enough to leave
@@ -448,6 +452,15 @@ return #KEYS
                     f"backend argument 'client' excludes {', '.join(given)}", option="client")
         self._check_ssl()
         self._check_wait()
+        self._check_pool()
+
+    def _check_pool(self) -> None:
+        if self.options["max_connections"] is not None and not self.queues_for_connections:
+            raise exception.ConfigurationError(
+                f"backend argument 'max_connections' is not supported by {self.name}: its "
+                f"redis-py pool fails at once when every connection is busy, so waiters could "
+                f"leave a lease holder unable to write or release (use it with kvs.redis)",
+                option="max_connections")
 
     def _check_wait(self) -> None:
         # WAIT blocks on the socket: it must answer before the read timeout fires.
@@ -546,7 +559,29 @@ return #KEYS
                     kwargs[name] = options[name]
             arguments = {"url": options["url"], "connection_kwargs": kwargs}
         connector = DogpileRedis(arguments)
+        if options["max_connections"] is not None:
+            return self._blocking_clients(connector.writer_client)
         return connector.writer_client, connector.reader_client
+
+    def _blocking_clients(self, built: Any) -> tuple[Any, Any]:
+        """Clients on a pool that *queues* for a free connection instead of failing.
+
+        With ``max_connections`` a lease holder must still be able to write
+        and release however many threads wait for its key: waiters never hold
+        a connection while they wait (see :meth:`wait_for_release`), and a
+        call that finds every connection busy waits for one (up to
+        ``socket_timeout``) rather than raising.
+        """
+        import redis
+
+        template = built.connection_pool
+        pool = redis.BlockingConnectionPool(
+            connection_class=template.connection_class,
+            max_connections=self.options["max_connections"],
+            timeout=self.options["socket_timeout"], **template.connection_kwargs)
+        template.disconnect()
+        client = redis.Redis(connection_pool=pool)
+        return client, client
 
     def _adopt(self, writer: Any, reader: Any) -> None:
         self._scripts = {name: writer.register_script(getattr(self, name))
@@ -827,6 +862,11 @@ return #KEYS
         Each BLPOP is capped below the socket timeout; an early return is fine
         (the caller retries the acquire).
         """
+        if self.options["max_connections"] is not None:
+            # A bounded pool: a BLPOP would hold a connection for the whole
+            # wait, and enough waiters would leave the holder none.  Poll.
+            time.sleep(max(0.0, min(timeout, 0.005)))
+            return
         tag = hash_tag(key)
         left_ms = self.client.pttl(tag + ":lease")
         if left_ms == -2:  # already free

@@ -36,6 +36,8 @@ class RedisClusterBackend(RedisBackend):
 
     name = "kvs.redis_cluster"
 
+    queues_for_connections = False
+
     arguments: ClassVar[dict[str, ArgumentSpec]] = {
         **LeaseBackend.arguments,
         # redis-py's cluster client drops health_check_interval: not offered.
@@ -56,6 +58,7 @@ class RedisClusterBackend(RedisBackend):
         self.startup_nodes = [parse_node("startup_nodes", text)
                               for text in self.options["startup_nodes"]]
         self._check_ssl()
+        self._check_pool()
 
     def _describe_endpoint(self) -> str:
         nodes = ",".join(f"{host}:{port}" for host, port in self.startup_nodes)

@@ -34,6 +34,8 @@ class RedisSentinelBackend(RedisBackend):
 
     name = "kvs.redis_sentinel"
 
+    queues_for_connections = False
+
     arguments: ClassVar[dict[str, ArgumentSpec]] = {
         **LeaseBackend.arguments,
         **CONNECTION_ARGUMENTS,
@@ -61,6 +63,7 @@ class RedisSentinelBackend(RedisBackend):
                 "kvs.redis_sentinel needs a non-empty 'service_name'", option="service_name")
         self.sentinel_nodes = [parse_node("sentinels", text) for text in self.options["sentinels"]]
         self._check_ssl()
+        self._check_pool()
         self._check_wait()
 
     def _describe_endpoint(self) -> str:
