@@ -30,7 +30,7 @@ from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 from kvs.errors import raise_translated, translated
 from kvs.lock import KeyValueStoreLock
 from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
-from kvs.stock import StockLeases
+from kvs.stock import StockLeases, stock_lock_arguments
 
 LOG = logging.getLogger(__name__)
 
@@ -210,6 +210,8 @@ class KeyValueStore:
                 layer=layer_name(blocker), option="default_ttl")
         stock = None
         if not issubclass(backend_cls, LeaseBackend):
+            if locking:
+                stock_lock_arguments(backend_cls, settings["lock_timeout"], args)
             stock = StockLeases(self._region)
             proxies.append(paths.StockWrites(stock, backing_store))
         self._configure_region(backing_store, args, proxies)
@@ -344,6 +346,12 @@ class KeyValueStore:
             return exception.CorruptValue(
                 f"key {key!r} in store {self.name!r} holds bytes that are not a kvs value "
                 f"({type(exc).__name__})", key=key, store=self.name)
+        if type(exc).__name__ == "MemcacheIllegalInputError":
+            # A stock memcached backend refusing a raw key (enable_key_mangler = false).
+            return exception.InvalidKey(
+                f"key {key!r} in store {self.name!r} is not a valid memcached key "
+                f"(spaces, control characters or over 250 bytes); enable the key mangler",
+                key=key, store=self.name)
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or \
                 type(exc).__module__.split(".")[0] in _CLIENT_LIBRARIES:
             return exception.BackendUnavailable(

@@ -17,7 +17,9 @@ logs a warning saying so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -29,10 +31,58 @@ from kvs import exception
 from kvs.backends.base import LeaseInfo
 from kvs.backends.memory import MemoryBackend
 from kvs.errors import translated
+from kvs.lock import safety_window
 
 LOG = logging.getLogger(__name__)
 
-_FENCE_PREFIX = "\x00kvs-fence\x00"
+#: The fence counter of lease key K is cache key ``kvs-fence:<sha1(K)>``: a
+#: key every backend accepts, whatever K holds (with enable_key_mangler =
+#: false it may hold spaces, which memcached refuses).
+_FENCE_PREFIX = "kvs-fence:"
+
+
+def fence_key(key: str) -> str:
+    return _FENCE_PREFIX + hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def stock_lock_arguments(backend_cls: type, lock_timeout: float,
+                         args: dict[str, Any]) -> None:
+    """Default a stock backend to a distributed mutex that expires with the lease.
+
+    As Keystone did: ``distributed_lock = True`` where the backend has one
+    (dogpile's Redis and memcached families), with the backend's own
+    ``lock_timeout`` derived from the lease's, so a holder that overruns or
+    is killed never locks the key for longer than its lease (plus a second).
+    Explicit arguments win.
+    """
+    from dogpile.cache.backends.memcached import GenericMemcachedBackend
+    from dogpile.cache.backends.redis import RedisBackend
+
+    if not issubclass(backend_cls, (RedisBackend, GenericMemcachedBackend)):
+        return
+    args.setdefault("distributed_lock", True)
+    if not args["distributed_lock"]:
+        return
+    if lock_timeout > 0:
+        args.setdefault("lock_timeout",
+                        math.ceil(lock_timeout + safety_window(lock_timeout)) + 1)
+    if issubclass(backend_cls, RedisBackend):
+        # One lease per token, released by the thread that took it or not.
+        args.setdefault("thread_local_lock", False)
+
+
+def _break_mutex(mutex: Any) -> bool:
+    """Delete a dogpile backend mutex whoever holds it; say whether it was held."""
+    from dogpile.cache.backends.memcached import MemcachedLock
+
+    inner = getattr(mutex, "mutex", None)  # dogpile's wrapper of a redis-py Lock
+    if inner is not None and hasattr(inner, "redis") and hasattr(inner, "name"):
+        return bool(inner.redis.delete(inner.name))
+    if isinstance(mutex, MemcachedLock):
+        held = mutex.locked()
+        mutex.release()  # an unconditional delete of the lock item
+        return held
+    return False
 
 
 class StockLeases:
@@ -45,7 +95,10 @@ class StockLeases:
         self._guard = threading.Lock()
 
     def _distributed_mutex(self, key: str) -> CacheMutex | None:
-        mutex: Any = self._region.backend.get_mutex(key)
+        # Hashed, like the fence key: dogpile's memcached lock would send the
+        # raw key, which memcached refuses when it holds spaces.
+        name = "kvs-lease:" + hashlib.sha1(key.encode("utf-8"), usedforsecurity=False).hexdigest()
+        mutex: Any = self._region.backend.get_mutex(name)
         return mutex
 
     def translate_error(self, exc: Exception, operation: str,
@@ -73,10 +126,10 @@ class StockLeases:
                 return None
             # Holding the distributed mutex: read-increment-write of the shared
             # fence counter cannot race with another holder.
-            fence_key = _FENCE_PREFIX + key
-            current = self._region.get(fence_key)
+            counter = fence_key(key)
+            current = self._region.get(counter)
             fence = (current if isinstance(current, int) else 0) + 1
-            self._region.set(fence_key, fence)
+            self._region.set(counter, fence)
         except BaseException:
             # Undo both halves: never leave a lease nobody owns.
             if mutex is not None:
@@ -124,8 +177,17 @@ class StockLeases:
     def lease_info(self, key: str) -> LeaseInfo | None:
         return self._local.lease_info(key)
 
+    @translated
     def break_lease(self, key: str) -> bool:
-        return self._local.break_lease(key)
+        """Drop the lease here and the backend's mutex, whichever process holds it."""
+        broken = self._local.break_lease(key)
+        with self._guard:
+            for entry in [entry for entry in self._mutexes if entry[0] == key]:
+                del self._mutexes[entry]
+        mutex = self._distributed_mutex(key)
+        if mutex is not None and _break_mutex(mutex):
+            broken = True
+        return broken
 
     def wait_for_release(self, key: str, timeout: float) -> None:
         if self._local.lease_info(key) is None:

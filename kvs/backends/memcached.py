@@ -103,6 +103,8 @@ _VERBATIM_KEY = re.compile(r"[!-}][!-~]{0,246}")  # 247 bytes: 250 less the pref
 _HASHED_PREFIX = "~h:"
 _LEASE_PREFIX = "~l:"
 _FENCE_PREFIX = "~f:"
+#: Extend-credit entries kept before ended leases' entries are swept.
+_CREDIT_PRUNE_FROM = 256
 
 # Errors that mean "the connection broke before we got an answer": worth one
 # more try on a fresh connection (a server restart leaves stale sockets), and
@@ -436,7 +438,10 @@ class MemcachedBackend(LeaseBackend):
         # Sub-second extensions not yet sent to the server, per (key, token):
         # memcached counts whole seconds, and rounding each extend up would
         # make a lease renewed ten times a second grow ten seconds a second.
-        self._extend_credit: dict[tuple[str, str], float] = {}
+        # Each entry also keeps when its lease ends at the latest, so credit of
+        # a lease that ended without a release (lost, expired, holder gone) is
+        # dropped instead of piling up.
+        self._extend_credit: dict[tuple[str, str], tuple[float, float]] = {}
         self._credit_guard = threading.Lock()
 
     @staticmethod
@@ -636,8 +641,7 @@ class MemcachedBackend(LeaseBackend):
 
     def release_lease(self, key: str, token: str) -> bool:
         safe, server = self._route(key)
-        with self._credit_guard:
-            self._extend_credit.pop((safe, token), None)
+        self._forget_credit(safe, token)
         with server.errors:
             client = server.client()
             lease = self._read_lease(client, safe)
@@ -649,6 +653,19 @@ class MemcachedBackend(LeaseBackend):
                 client, b"md %s C%s" % ((_LEASE_PREFIX + safe).encode(), lease.flags[b"c"]))
             return reply.code == b"HD"
 
+    def _forget_credit(self, safe: str, token: str) -> None:
+        with self._credit_guard:
+            self._extend_credit.pop((safe, token), None)
+
+    def _prune_credit(self) -> None:
+        """Drop credit of leases that have ended (call with the guard held)."""
+        if len(self._extend_credit) <= _CREDIT_PRUNE_FROM:
+            return
+        now = time.monotonic()
+        for entry, (_owed, ends) in list(self._extend_credit.items()):
+            if ends < now:
+                del self._extend_credit[entry]
+
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         safe, server = self._route(key)
         wanted = token.encode()
@@ -656,15 +673,19 @@ class MemcachedBackend(LeaseBackend):
             client = server.client()
             lease = self._read_lease(client, safe)
             if lease is None or lease.value != wanted:
+                self._forget_credit(safe, token)
                 return False
             remaining = lease.int_flag(b"t")
             if remaining < 0:
                 return True  # never expires: nothing to add
             with self._credit_guard:
-                credit = self._extend_credit.pop((safe, token), 0.0) + ttl
+                owed, _ends = self._extend_credit.pop((safe, token), (0.0, 0.0))
+                credit = owed + ttl
                 whole = math.floor(credit)
                 if credit - whole > 0:
-                    self._extend_credit[(safe, token)] = credit - whole
+                    ends = time.monotonic() + remaining + whole + 1
+                    self._extend_credit[(safe, token)] = (credit - whole, ends)
+                    self._prune_credit()
             if whole == 0:
                 # Less than a second owed: the lease's padding (one second
                 # plus the safety margin) covers it until the next extend.
@@ -692,6 +713,7 @@ class MemcachedBackend(LeaseBackend):
         with server.errors:
             client = server.client()
             if not self._holds(self._read_lease(client, safe), token.encode()):
+                self._forget_credit(safe, token)
                 return Fenced.LEASE_LOST
             client.set(safe, value, self._data_expire(ttl), noreply=False)
             return Fenced.WRITTEN
@@ -701,6 +723,7 @@ class MemcachedBackend(LeaseBackend):
         with server.errors:
             client = server.client()
             if not self._holds(self._read_lease(client, safe), token.encode()):
+                self._forget_credit(safe, token)
                 return Fenced.LEASE_LOST
             if client.delete(safe, noreply=False):
                 return Fenced.WRITTEN
@@ -724,6 +747,9 @@ class MemcachedBackend(LeaseBackend):
 
     def break_lease(self, key: str) -> bool:
         safe, server = self._route(key)
+        with self._credit_guard:
+            for entry in [entry for entry in self._extend_credit if entry[0] == safe]:
+                del self._extend_credit[entry]
         with server.errors:
             return bool(server.client().delete(_LEASE_PREFIX + safe, noreply=False))
 

@@ -373,3 +373,29 @@ backend_argument = hashclient_dead_timeout:5
     with pytest.raises(exception.ConfigurationError) as info:
         kvs.configure_stores(conf)
     assert "hashclient_dead_timeout" in str(info.value)
+
+
+def test_extend_bookkeeping_of_lost_leases_does_not_pile_up(
+        memcached_backend_config: dict[str, Any]) -> None:
+    # A lease marked lost skips the backend at release: its sub-second extend
+    # credit must still be dropped (here: by the refused write), and an
+    # operator's break drops it too.
+    prefix = f"credit-{uuid.uuid4().hex[:8]}"
+    holder = kvs.get_key_value_store(f"{prefix}-a")
+    holder.configure(**memcached_backend_config, key_prefix=prefix, lock_timeout=5)
+    other = kvs.get_key_value_store(f"{prefix}-b")  # another process, as far as leases go
+    other.configure(**memcached_backend_config, key_prefix=prefix, lock_timeout=5)
+    backend: Any = holder.region.actual_backend
+    for n in range(300):
+        lock = holder.get_lock(f"k{n}").acquire()
+        lock.extend(0.5)  # owed: half a second, not yet sent to the server
+        other.break_lock(f"k{n}")
+        with pytest.raises(exception.LeaseLost):
+            holder.set(f"k{n}", 1, lock=lock)
+        lock.release()  # lost: no backend call
+    assert len(backend._extend_credit) == 0
+    lock = holder.get_lock("mine").acquire()
+    lock.extend(0.5)
+    assert len(backend._extend_credit) == 1
+    holder.break_lock("mine")  # this process's own break
+    assert len(backend._extend_credit) == 0
