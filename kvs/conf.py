@@ -67,6 +67,10 @@ store_opts = [
     cfg.StrOpt("secret_key", secret=True,
                help="Secret for security_strategy mac or encrypt. Every process sharing "
                     "the store needs the same one."),
+    cfg.ListOpt("secret_keys", secret=True,
+                help="Secrets for security_strategy mac or encrypt, newest first, for key "
+                     "rotation: values are sealed with the first and open with any; key "
+                     "names derive from the last. Instead of secret_key."),
 ]
 
 

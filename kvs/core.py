@@ -40,7 +40,7 @@ DEFAULT_LOCK_TIMEOUT = 5.0
 #: configure() arguments the store consumes itself; the rest go to the backend.
 STORE_ARGUMENTS = (
     "lock_timeout", "lock_wait_timeout", "key_prefix", "serializer", "default_ttl",
-    "enable_key_mangler", "security_strategy", "secret_key",
+    "enable_key_mangler", "security_strategy", "secret_key", "secret_keys",
 )
 
 _NO_DEFAULT: Any = object()
@@ -198,10 +198,12 @@ class KeyValueStore:
             raise exception.ConfigurationError("key_mangler must be callable", option="key_mangler")
         proxies = _build_proxies(proxy_list, settings["seal"])
         # Mangler precedence, as in Keystone: explicit, else the backend's own,
-        # else SHA-1 when enabled.
+        # else (when enabled) SHA-1, or names keyed by the secret when values
+        # are sealed (see kvs.security).
         mangler = key_mangler or getattr(backend_cls, "key_mangler", None)
         if mangler is None and settings["enable_key_mangler"]:
-            mangler = manglers.sha1_mangle_key
+            seal = settings["seal"]
+            mangler = manglers.sha1_mangle_key if seal is None else security.keyed_mangler(seal)
         blocker = next((proxy for proxy in proxies if not paths.carries_writes(proxy)), None)
         if blocker is not None and settings["default_ttl"] is not None:
             raise exception.UnsupportedProxy(
@@ -254,7 +256,8 @@ class KeyValueStore:
             "default_ttl": durations.ttl("default_ttl", args.pop("default_ttl", None), maximum),
             "enable_key_mangler": bool(args.pop("enable_key_mangler", True)),
             "strategy": strategy,
-            "seal": security.make_codec(strategy, args.pop("secret_key", None)),
+            "seal": security.make_codec(strategy, args.pop("secret_key", None),
+                                        args.pop("secret_keys", None)),
         }
 
     @staticmethod

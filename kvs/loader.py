@@ -164,6 +164,8 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
     args["security_strategy"] = section.security_strategy
     if section.secret_key is not None:
         args["secret_key"] = section.secret_key
+    if section.secret_keys:
+        args["secret_keys"] = list(section.secret_keys)
     return {"backing_store": backend, "proxy_list": list(section.proxies),
             "locking": section.locking, **args}
 

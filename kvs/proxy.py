@@ -91,8 +91,12 @@ class LeaseProxy(ProxyBackend):
 
     # -- value hooks ---------------------------------------------------------
 
-    def encode_value(self, key: str, value: bytes) -> bytes:
-        """Transform serialized bytes on their way to the backend (default: none)."""
+    def encode_value(self, key: str, value: bytes, ttl: float | None) -> bytes:
+        """Transform serialized bytes on their way to the backend (default: none).
+
+        ``ttl`` is the write's TTL (``None``: no expiry), for transforms that
+        bind it, as the security proxy does.
+        """
         return value
 
     def decode_value(self, key: str, stored: bytes) -> bytes:
@@ -116,17 +120,17 @@ class LeaseProxy(ProxyBackend):
     # -- kvs writes: token, TTL and outcome are explicit ------------------------
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
-        self.proxied.plain_set(key, self.encode_value(key, value), ttl)
+        self.proxied.plain_set(key, self.encode_value(key, value, ttl), ttl)
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.proxied.plain_set_multi(
-            {key: self.encode_value(key, value) for key, value in mapping.items()}, ttl)
+            {key: self.encode_value(key, value, ttl) for key, value in mapping.items()}, ttl)
 
     def plain_delete(self, key: str) -> bool:
         return expect_existed(self.proxied, self.proxied.plain_delete(key))
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
-        outcome = self.proxied.fenced_set(key, self.encode_value(key, value), token, ttl)
+        outcome = self.proxied.fenced_set(key, self.encode_value(key, value, ttl), token, ttl)
         return expect_outcome(self.proxied, outcome, "fenced_set")
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
@@ -149,14 +153,14 @@ class LeaseProxy(ProxyBackend):
         if self._below_carries:
             self.plain_set(key, value, None)
         else:
-            self.proxied.set_serialized(key, self.encode_value(key, value))
+            self.proxied.set_serialized(key, self.encode_value(key, value, None))
 
     def set_serialized_multi(self, mapping: Mapping[str, bytes]) -> None:
         if self._below_carries:
             self.plain_set_multi(mapping, None)
         else:
             self.proxied.set_serialized_multi(
-                {key: self.encode_value(key, value) for key, value in mapping.items()})
+                {key: self.encode_value(key, value, None) for key, value in mapping.items()})
 
     def delete(self, key: str) -> None:
         if self._below_carries:

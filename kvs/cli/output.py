@@ -100,6 +100,10 @@ class Scrubber:
     def add(self, secret: Any) -> None:
         if secret is None:
             return
+        if isinstance(secret, (list, tuple)):  # a ListOpt such as secret_keys
+            for item in secret:
+                self.add(item)
+            return
         text = str(secret)
         if text.strip():
             self._secrets.add(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -42,7 +44,7 @@ def test_stored_bytes_are_sealed(secure_store: kvs.KeyValueStore, strategy: str)
     secure_store.set("k", "visible-marker")
     backend, mangled = _raw(secure_store, "k")
     stored = backend.get_serialized(mangled)
-    assert stored.startswith(b"kvsM1" if strategy == "mac" else b"kvsE1")
+    assert stored.startswith(b"kvsM2" if strategy == "mac" else b"kvsE2")
     assert (b"visible-marker" in stored) is (strategy == "mac")
 
 
@@ -79,16 +81,77 @@ def test_forged_unsealed_value_is_refused(secure_store: kvs.KeyValueStore) -> No
         secure_store.get("k")
 
 
-def test_wrong_secret_is_refused(make_store: Any, strategy: str, backend_name: str) -> None:
+def test_wrong_secret_cannot_find_or_open_values(make_store: Any, strategy: str,
+                                                 backend_name: str) -> None:
     if backend_name == "memory":
         pytest.skip("every kvs.memory store has a space of its own")
-    writer = make_store(key_prefix="shared-secure", security_strategy=strategy,
-                        secret_key=SECRET)
-    reader = make_store(key_prefix="shared-secure", security_strategy=strategy,
+    prefix = f"shared-secure-{uuid.uuid4().hex[:8]}"
+    writer = make_store(key_prefix=prefix, security_strategy=strategy, secret_key=SECRET)
+    reader = make_store(key_prefix=prefix, security_strategy=strategy,
                         secret_key="another secret")
     writer.set("k", "v")
+    with pytest.raises(exception.NotFound):  # key names are keyed by the secret
+        reader.get("k")
+    backend, written = _raw(writer, "k")
+    _, read = _raw(reader, "k")
+    backend.plain_set(read, backend.get_serialized(written), None)  # copied across
     with pytest.raises(exception.TamperedValue):
         reader.get("k")
+
+
+def test_replayed_expired_value_is_refused(secure_store: kvs.KeyValueStore,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # An attacker keeps a sealed {'role': 'admin'} written with a TTL; after it
+    # was replaced and expired they write the old bytes back with no TTL.
+    import kvs.security
+
+    monkeypatch.setattr(kvs.security, "CLOCK_SKEW", 0.05)  # keep the test short
+    secure_store.set("grant", {"role": "admin"}, ttl=0.2)
+    backend, mangled = _raw(secure_store, "grant")
+    kept = backend.get_serialized(mangled)
+    secure_store.set("grant", {"role": "guest"}, ttl=0.2)
+    time.sleep(0.4)  # past the sealed deadline plus the clock skew allowed
+    backend.plain_set(mangled, kept, None)
+    with pytest.raises(exception.TamperedValue, match="past its sealed expiry"):
+        secure_store.get("grant")
+    secure_store.set("grant", {"role": "guest"})  # without a TTL: no deadline to pass
+    assert secure_store.get("grant") == {"role": "guest"}
+
+
+def test_key_names_are_keyed_by_the_secret(make_store: Any, strategy: str) -> None:
+    from kvs import manglers
+
+    store = make_store(key_prefix="keyed", security_strategy=strategy, secret_key=SECRET)
+    name = store.backend_key("session:alice")
+    assert name.startswith("keyed:")
+    assert name != "keyed:" + manglers.sha1_mangle_key("session:alice")  # not guessable
+    assert len(name) == len("keyed:") + 64
+
+
+def test_secret_rotation(make_store: Any, strategy: str, backend_name: str) -> None:
+    if backend_name == "memory":
+        pytest.skip("every kvs.memory store has a space of its own")
+    prefix = f"rotating-{uuid.uuid4().hex[:8]}"
+    old = make_store(key_prefix=prefix, security_strategy=strategy, secret_key="old")
+    old.set("k", "sealed with old")
+    # Step 1: the new secret first, the old one still listed.
+    new = make_store(key_prefix=prefix, security_strategy=strategy, secret_keys=["new", "old"])
+    assert new.backend_key("k") == old.backend_key("k")  # names derive from the oldest
+    assert new.get("k") == "sealed with old"
+    new.set("k2", "sealed with new")
+    assert new.get("k2") == "sealed with new"
+    with pytest.raises(exception.TamperedValue):  # not-yet-rotated readers refuse it
+        old.get("k2")
+    assert "new" not in repr(new) and "old" not in repr(new.region.backend)
+
+
+def test_bad_security_configuration_names_the_option(make_store: Any) -> None:
+    for bad in ([], [""], "", [1], None):
+        with pytest.raises(exception.ConfigurationError) as info:
+            make_store(security_strategy="mac", secret_keys=bad)
+        assert info.value.context["option"] in ("secret_key", "secret_keys")
+    with pytest.raises(exception.ConfigurationError):
+        make_store(security_strategy="mac", secret_key=SECRET, secret_keys=[SECRET])
 
 
 def test_bad_security_configuration(make_store: Any) -> None:

@@ -76,7 +76,7 @@ class LeaseSwallowing(LeaseProxy):
 class Compressing(LeaseProxy):
     """A value transform: only the two hooks are overridden."""
 
-    def encode_value(self, key: str, value: bytes) -> bytes:
+    def encode_value(self, key: str, value: bytes, ttl: float | None) -> bytes:
         return b"Z" + zlib.compress(value)
 
     def decode_value(self, key: str, stored: bytes) -> bytes:
