@@ -361,3 +361,20 @@ def test_lost_extend_reply_keeps_the_lease_held_and_releasable(
     assert direct.lease_info("k") is None
     with direct.get_lock("k", lock_wait_timeout=0.5):  # free at once, not after expiry
         pass
+
+
+def test_lost_cas_reply_on_a_re_acquire_is_retried_not_waited_out(
+        via_proxy: kvs.KeyValueStore, proxy: FaultProxy) -> None:
+    # A re-acquire (the retry of an acquire whose reply was lost) confirms the
+    # lease with a cas.  If pymemcache resent that cas after it was applied,
+    # memcached answered "exists" and the acquire reported the lease taken, so
+    # the lock waited out its whole lock_wait_timeout.  Now the lost reply is
+    # BackendUnavailable, which the lock retries at once.
+    backend = backend_of(via_proxy)
+    key = via_proxy.backend_key("k")
+    assert backend.acquire_lease(key, "token", 5) is not None
+    proxy.drop_next_reply(close=True, skip=2)  # add (refused), lease read, then the cas
+    with pytest.raises(exception.BackendUnavailable):
+        backend.acquire_lease(key, "token", 5)
+    assert proxy.dropped == 1
+    assert backend.acquire_lease(key, "token", 5) is not None  # still ours
