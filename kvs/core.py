@@ -214,7 +214,8 @@ class KeyValueStore:
         if not issubclass(backend_cls, LeaseBackend):
             if locking:
                 stock_lock_arguments(backend_cls, settings["lock_timeout"], args)
-            stock = StockLeases(self._region)
+            timeout = args.get("lock_timeout") if args.get("distributed_lock") else None
+            stock = StockLeases(self._region, None if timeout is None else float(timeout))
             proxies.append(paths.StockWrites(stock, backing_store))
         self._configure_region(backing_store, args, proxies)
         path = paths.choose(self._region, backing_store, stock)
@@ -320,8 +321,12 @@ class KeyValueStore:
         return self._key_mangler(manglers.check_key(key))
 
     def _ttl(self, ttl: float | None) -> float | None:
-        return self.default_ttl if ttl is None else durations.ttl("ttl", ttl,
-                                                                  self._max_duration())
+        if ttl is None:
+            return self.default_ttl
+        checked = durations.ttl("ttl", ttl, self._max_duration())
+        if self._path is not None and not isinstance(self._path.leases, LeaseBackend):
+            raise paths.no_ttl_on_stock(str(self.backend_name))  # before anything is sent
+        return checked
 
     def _decode(self, stored: Any) -> Any:
         return NO_VALUE if stored is NO_VALUE else serializers.unpack(self._serializer, stored)
@@ -530,10 +535,14 @@ class KeyValueStore:
         path = self._require_path()
         manglers.check_key(key)
         ttl = self._ttl(ttl)
+        if self.locking:
+            # Refuse before fn runs (and has side effects), not at the write.
+            path.check_fenced_write(ttl)
         lock = self.get_lock(key)
         if path.backend is not None and self.locking:
             return self._update_in_two_round_trips(path.backend, lock, fn, default, ttl)
-        with lock:
+        lock.acquire()
+        try:
             try:
                 current = self.get(key)
             except exception.NotFound:
@@ -542,6 +551,10 @@ class KeyValueStore:
                 current = default
             new = fn(current)
             self.set(key, new, lock=lock, ttl=ttl)
+        except BaseException:
+            _release_keeping_the_error(lock)
+            raise
+        lock.release()
         return new
 
     def _update_in_two_round_trips(self, backend: LeaseBackend, lock: KeyValueStoreLock,
@@ -559,7 +572,7 @@ class KeyValueStore:
                 else:
                     current = default
             except BaseException:
-                lock.release()
+                _release_keeping_the_error(lock)
                 raise
         except Exception as exc:
             raise_translated(self, exc, "update", (key,))
@@ -572,7 +585,7 @@ class KeyValueStore:
             except Exception as exc:
                 raise_translated(self, exc, "update", (key,))
         except BaseException:
-            lock.release()
+            _release_keeping_the_error(lock)
             raise
         return new
 
@@ -584,8 +597,20 @@ class KeyValueStore:
         path = self._require_path()
         if isinstance(path.leases, LeaseBackend):
             path.leases.ping()
-        else:
-            path.get("\x00kvs-ping")
+        else:  # a key every backend accepts, mangled or not
+            path.get(self._key_mangler("kvs-ping"))
+
+
+def _release_keeping_the_error(lock: KeyValueStoreLock) -> None:
+    """Release while another error is on its way up: a failed release must not hide it.
+
+    The lease then ends with its TTL; the failure is logged.
+    """
+    try:
+        lock.release()
+    except exception.KVSError as error:
+        LOG.warning("could not release the lock on key %r in store %r after an error: %s",
+                    lock.key, lock.store, error.message)
 
 
 #: Store methods whose ValueErrors from below mean "foreign bytes".

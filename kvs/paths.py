@@ -91,6 +91,9 @@ class LeasePath:
             self.fenced_set = backend.fenced_set  # type: ignore[method-assign]
             self.fenced_delete = backend.fenced_delete  # type: ignore[method-assign]
 
+    def check_fenced_write(self, ttl: float | None) -> None:
+        """Raise now if a locked write with ``ttl`` could not be carried (here: always can)."""
+
     def delete(self, key: str) -> bool:
         return expect_existed(self.top, self.top.plain_delete(key))
 
@@ -123,6 +126,10 @@ class DogpilePath:
     def _check_ttl(self, ttl: float | None) -> None:
         if ttl is not None:
             raise self._refuse("a per-call ttl")
+
+    def check_fenced_write(self, ttl: float | None) -> None:
+        """Raise UnsupportedProxy now: no locked write can pass the plain proxy."""
+        raise self._refuse("a locked write")
 
     def set(self, key: str, data: bytes, ttl: float | None) -> None:
         self._check_ttl(ttl)
@@ -157,6 +164,9 @@ class StockPath(DogpilePath):
     def _check_ttl(self, ttl: float | None) -> None:
         if ttl is not None:
             raise no_ttl_on_stock(self._backend_name)
+
+    def check_fenced_write(self, ttl: float | None) -> None:
+        self._check_ttl(ttl)
 
     def fenced_set(self, key: str, data: bytes, token: str, ttl: float | None) -> Fenced:
         self._check_ttl(ttl)

@@ -20,8 +20,10 @@ store's secret and bound to three things, so that a copied value is refused
 **Replay window.**  A seal proves who wrote a value for which key, not that it
 is the newest one.  Someone who can write to the backend can still put back an
 *older* value of the same key, as long as that value's own deadline has not
-passed: forever for values written without a TTL, until ``deadline + 1 s``
-(the clock skew allowed) for values with one.
+passed: forever for values written without a TTL, until its deadline for
+values with one.  A value read up to :data:`EXPIRY_GRACE` seconds past its
+deadline reads as missing (backends round TTLs up; clocks differ); after
+that it raises ``TamperedValue``.
 
 **Keyed key names.**  With a strategy set (and no explicit ``key_mangler``),
 backend key names are ``HMAC-SHA256(naming key, key)`` instead of SHA-1, so
@@ -51,6 +53,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dogpile.cache.api import NO_VALUE
+
 from kvs import exception
 from kvs.proxy import LeaseProxy
 
@@ -65,9 +69,16 @@ _TAG_SIZE = 32
 _NONCE_SIZE = 12
 _HEAD = 5 + _KEY_ID_SIZE + _DEADLINE_SIZE
 
-#: Seconds a value may be read past its sealed deadline (clock skew between
-#: this host and the server that expires it).
-CLOCK_SKEW = 1.0
+#: Seconds after its sealed deadline during which a value reads as *missing*
+#: rather than as tampered: backends may keep a value a little longer than
+#: asked (memcached rounds TTLs up to whole seconds, plus one), and this
+#: host's clock may be ahead of the server's.  Later, it can only be a value
+#: written back: TamperedValue.
+EXPIRY_GRACE = 3.0
+
+
+class Expired(exception.KVSError):
+    """A sealed value within :data:`EXPIRY_GRACE` of its deadline: read as missing."""
 
 
 def _derive(secret: str, purpose: bytes) -> bytes:
@@ -128,7 +139,9 @@ class SealCodec:
             raise exception.TamperedValue(
                 "stored value is sealed with a secret this store does not list") from None
         millis = int.from_bytes(deadline, "big")
-        if millis and time.time() > millis / 1000 + CLOCK_SKEW:
+        if millis and time.time() > millis / 1000:
+            if time.time() <= millis / 1000 + EXPIRY_GRACE:
+                raise Expired("stored value is past its sealed expiry")
             raise exception.TamperedValue(
                 "stored value is past its sealed expiry (an expired value written back)")
         return index, key_id, deadline
@@ -243,8 +256,10 @@ class SecurityProxy(LeaseProxy):
     def encode_value(self, key: str, value: bytes, ttl: float | None) -> bytes:
         return self._codec.seal(key, value, ttl)
 
-    def decode_value(self, key: str, stored: bytes) -> bytes:
+    def decode_value(self, key: str, stored: bytes) -> Any:
         try:
             return self._codec.open(key, bytes(stored))
+        except Expired:
+            return NO_VALUE  # expired a moment ago: the backend has not dropped it yet
         except exception.TamperedValue as exc:
             raise exception.TamperedValue(f"{exc.message} (backend key {key[:60]!r})") from None

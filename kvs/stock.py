@@ -71,6 +71,25 @@ def stock_lock_arguments(backend_cls: type, lock_timeout: float,
         args.setdefault("thread_local_lock", False)
 
 
+def _extend_mutex(mutex: Any, seconds: float, remaining: float) -> bool:
+    """Add ``seconds`` to a dogpile backend mutex we hold (``remaining``: its new total)."""
+    from dogpile.cache.backends.memcached import MemcachedLock
+
+    inner = getattr(mutex, "mutex", None)  # dogpile's wrapper of a redis-py Lock
+    if inner is not None and callable(getattr(inner, "extend", None)):
+        try:
+            return bool(inner.extend(seconds))
+        except Exception as exc:  # LockNotOwnedError: it expired, or was broken
+            if type(exc).__module__.startswith("redis"):
+                return False
+            raise
+    if isinstance(mutex, MemcachedLock):
+        return bool(mutex.client_fn().touch(mutex.key, math.ceil(remaining) + 1))
+    raise exception.ConfigurationError(
+        f"extend() needs a backend mutex that can be extended; "
+        f"{type(mutex).__name__} cannot", option="backend")
+
+
 def _break_mutex(mutex: Any) -> bool:
     """Delete a dogpile backend mutex whoever holds it; say whether it was held."""
     from dogpile.cache.backends.memcached import MemcachedLock
@@ -88,8 +107,10 @@ def _break_mutex(mutex: Any) -> bool:
 class StockLeases:
     """The lease calls of the contract, emulated for a stock backend."""
 
-    def __init__(self, region: CacheRegion) -> None:
+    def __init__(self, region: CacheRegion, mutex_timeout: float | None = None) -> None:
         self._region = region
+        #: Seconds the backend's distributed mutex lives (None: no expiry, or none).
+        self.mutex_timeout = mutex_timeout
         self._local = MemoryBackend({})
         self._mutexes: dict[tuple[str, str], CacheMutex] = {}
         self._guard = threading.Lock()
@@ -112,6 +133,13 @@ class StockLeases:
 
     @translated
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
+        if self.mutex_timeout is not None and (ttl is None or ttl > self.mutex_timeout):
+            # The backend mutex would end first: another process could take
+            # the key while this holder still believes it holds it.
+            raise exception.ConfigurationError(
+                f"a lock_timeout longer than the store's ({self.mutex_timeout:g} s backend "
+                f"mutex) on a stock backend; configure the store with the longer one",
+                option="lock_timeout")
         local_fence = self._local.acquire_lease(key, token, ttl)
         if local_fence is None:
             return None
@@ -157,13 +185,17 @@ class StockLeases:
             self._release_mutex(key, mutex)
         return released
 
+    @translated
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
+        """Extend the local lease and the backend mutex together, or neither."""
         with self._guard:
             mutex = self._mutexes.get((key, token))
-        if mutex is not None and hasattr(mutex, "extend"):
-            try:
-                mutex.extend(ttl)
-            except Exception:
+        info = self._local.lease_info(key)
+        if info is None or info.token != token:
+            return False
+        if mutex is not None:
+            remaining = (info.remaining or 0.0) + ttl
+            if not _extend_mutex(mutex, ttl, remaining):
                 return False
         return self._local.extend_lease(key, token, ttl)
 

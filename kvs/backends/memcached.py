@@ -252,9 +252,18 @@ class BoundedPool:
 _servers: weakref.WeakSet[Server] = weakref.WeakSet()
 
 
+#: Every backend, so that a forked child gets fresh bookkeeping locks.
+_backends: weakref.WeakSet[MemcachedBackend] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
     for server in list(_servers):
         server._new_clients()
+    # Another thread may have held a guard at fork(): the child would wait
+    # for it forever.  Its extend credit belongs to the parent's leases.
+    for backend in list(_backends):
+        backend._credit_guard = threading.Lock()
+        backend._extend_credit = {}
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -443,6 +452,7 @@ class MemcachedBackend(LeaseBackend):
         # dropped instead of piling up.
         self._extend_credit: dict[tuple[str, str], tuple[float, float]] = {}
         self._credit_guard = threading.Lock()
+        _backends.add(self)
 
     @staticmethod
     def _tls_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:

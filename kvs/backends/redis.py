@@ -319,18 +319,25 @@ return 1
 """
 
     #: Fenced write.
-    #: KEYS[1] lease, KEYS[2] data.  ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none).
-    #: Returns 1 written, 0 lease lost (nothing written).
+    #: KEYS[1] lease, KEYS[2] data, KEYS[3] done marker.
+    #: ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none), ARGV[4] request id ('': none),
+    #: ARGV[5] done ttl ms.
+    #: Returns 1 written (now or by this request's first run), 0 lease lost
+    #: (nothing written).
     #: Guarantee: the value lands only if the lease holds this token, checked
     #: and written in one atomic step on the server (no client clock involved).
     FENCED_SET = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then return 1 end
+  return 0
+end
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 else
   redis.call('SET', KEYS[2], ARGV[2])
 end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
 return 1
 """
 
@@ -810,8 +817,10 @@ return #KEYS
         self.check_size(key, value)
         tag = hash_tag(key)
         script = self._script("FENCED_SET")
+        request = self._request_id()
         written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", tag], args=[token, value, self._lease_ms(ttl)], client=client))
+            keys=[tag + ":lease", tag, tag + ":done"],
+            args=[token, value, self._lease_ms(ttl), request, self.DONE_TTL_MS], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
     @translated

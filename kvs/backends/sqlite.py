@@ -102,7 +102,20 @@ _PURGE_BATCH = 1000
 
 
 class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced (the builtin one cannot)."""
+    """A connection that can be weakly referenced (the builtin one cannot).
+
+    Closed inside the fork gate, also when it is garbage-collected (a thread
+    that ends drops its connection): closing takes SQLite's locks too.
+    """
+
+    def __del__(self) -> None:
+        _gate.enter()
+        try:
+            self.close()
+        except sqlite3.Error:
+            pass
+        finally:
+            _gate.exit()
 
 
 # -- fork safety --------------------------------------------------------------
@@ -139,6 +152,7 @@ class _ForkGate:
     def __init__(self) -> None:
         self._busy: dict[int, int] = {}  # thread ident -> nesting depth
         self._forking = False
+        self._forker = 0  # the thread that forks never waits for itself
         self._resume = threading.Event()
         self._resume.set()
 
@@ -146,7 +160,7 @@ class _ForkGate:
         ident = threading.get_ident()
         depth = self._busy.get(ident, 0)
         self._busy[ident] = depth + 1
-        while self._forking and depth == 0:
+        while self._forking and depth == 0 and ident != self._forker:
             del self._busy[ident]
             self._resume.wait()
             self._busy[ident] = 1
@@ -160,9 +174,10 @@ class _ForkGate:
             self._busy.pop(ident, None)
 
     def before_fork(self) -> None:
+        me = threading.get_ident()
+        self._forker = me
         self._resume.clear()
         self._forking = True
-        me = threading.get_ident()
         deadline = time.monotonic() + FORK_WAIT
         while any(ident != me for ident in list(self._busy)):
             if time.monotonic() >= deadline:
@@ -190,8 +205,14 @@ FORK_WAIT = 30.0
 _gate = _ForkGate()
 
 
-# The lock is held across fork so that the child never inherits it locked.
+#: Forks from several threads at once take turns: the gate stays closed for
+#: the whole of each one.
+_fork_lock = threading.Lock()
+
+
+# The locks are held across fork so that the child never inherits them locked.
 def _before_fork() -> None:
+    _fork_lock.acquire()
     _gate.before_fork()
     _live_lock.acquire()
     _held_across_fork.extend(_live_connections)
@@ -201,6 +222,7 @@ def _after_fork_in_parent() -> None:
     _held_across_fork.clear()
     _live_lock.release()
     _gate.after_fork_in_parent()
+    _fork_lock.release()
 
 
 def _after_fork_in_child() -> None:
@@ -209,6 +231,7 @@ def _after_fork_in_child() -> None:
     _live_connections.clear()
     _live_lock.release()
     _gate.after_fork_in_child()
+    _fork_lock.release()
 
 
 class _Calls:
@@ -365,7 +388,8 @@ class SQLiteBackend(LeaseBackend):
         """Close the calling thread's connection; the next call opens a new one."""
         connection = getattr(self._local, "connection", None)
         if connection is not None and self._local.pid == os.getpid():
-            connection.close()
+            with self._errors:
+                connection.close()
         self._local.connection = None
 
     def translate_file_error(self, exc: Exception) -> exception.KVSError | None:

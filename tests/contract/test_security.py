@@ -105,17 +105,27 @@ def test_replayed_expired_value_is_refused(secure_store: kvs.KeyValueStore,
     # was replaced and expired they write the old bytes back with no TTL.
     import kvs.security
 
-    monkeypatch.setattr(kvs.security, "CLOCK_SKEW", 0.05)  # keep the test short
+    monkeypatch.setattr(kvs.security, "EXPIRY_GRACE", 0.05)  # keep the test short
     secure_store.set("grant", {"role": "admin"}, ttl=0.2)
     backend, mangled = _raw(secure_store, "grant")
     kept = backend.get_serialized(mangled)
     secure_store.set("grant", {"role": "guest"}, ttl=0.2)
-    time.sleep(0.4)  # past the sealed deadline plus the clock skew allowed
+    time.sleep(0.4)  # past the sealed deadline plus the grace allowed
     backend.plain_set(mangled, kept, None)
     with pytest.raises(exception.TamperedValue, match="past its sealed expiry"):
         secure_store.get("grant")
     secure_store.set("grant", {"role": "guest"})  # without a TTL: no deadline to pass
     assert secure_store.get("grant") == {"role": "guest"}
+
+
+def test_a_value_just_past_its_deadline_reads_as_missing(secure_store: kvs.KeyValueStore) -> None:
+    # memcached keeps a 0.3 s value for up to 2 s: an honest late read is
+    # NotFound, never TamperedValue.
+    secure_store.set("short", "lived", ttl=0.3)
+    time.sleep(0.5)
+    assert not secure_store.exists("short")
+    with pytest.raises(exception.NotFound):
+        secure_store.get("short")
 
 
 def test_key_names_are_keyed_by_the_secret(make_store: Any, strategy: str) -> None:

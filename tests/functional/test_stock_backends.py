@@ -86,3 +86,25 @@ def test_fences_increase_across_processes_without_a_key_mangler(two_processes: A
     assert fences == sorted(fences) and len(set(fences)) == 4
     with a.get_lock("key with spaces"):  # the lock works even where the data key would not
         pass
+
+
+def test_a_lock_longer_than_the_backend_mutex_is_refused(two_processes: Any) -> None:
+    store = two_processes()  # lock_timeout 1: the backend mutex lives 3 s
+    with pytest.raises(exception.ConfigurationError) as info:
+        store.get_lock("k", lock_timeout=60).acquire()
+    assert info.value.context["option"] == "lock_timeout"
+    with store.get_lock("k", lock_timeout=0.5):  # shorter is fine
+        pass
+
+
+def test_extend_extends_the_backend_mutex_too(two_processes: Any) -> None:
+    a, b = two_processes(), two_processes()
+    lock = a.get_lock("k").acquire()
+    lock.extend(5)
+    time.sleep(3.3)  # past the mutex's own 3 s: only the extend keeps b out
+    with pytest.raises(exception.LockAcquireTimeout):
+        b.get_lock("k").acquire()
+    a.set("k", "still a's", lock=lock)
+    lock.release()
+    with b.get_lock("k"):
+        pass
