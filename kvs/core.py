@@ -452,13 +452,13 @@ class KeyValueStore:
         if not mapping:
             return
         ttl = self._ttl(ttl)
-        mangle, dumps, head = self._key_mangler, self._serializer.dumps, serializers.header()
+        mangle, dumps, head = self._key_mangler, self._serializer.encode, serializers.header()
         encoded = {}
         for key, value in mapping.items():
             encoded[mangle(key)] = self._encode_named(key, head, dumps, value)
         path.set_multi(encoded, ttl)
 
-    def _encode_named(self, key: str, head: bytes, dumps: Callable[[Any], bytes],
+    def _encode_named(self, key: str, head: bytes, dumps: Callable[[Any], bytes | memoryview],
                       value: Any) -> bytes:
         """One value of set_multi; an encoding error names that key, not all of them."""
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,10 @@ class Serializer:
 
     def dumps(self, value: Any) -> bytes:
         raise NotImplementedError
+
+    def encode(self, value: Any) -> bytes | memoryview:
+        """``dumps``, possibly as a view: what ``pack`` appends to the header."""
+        return self.dumps(value)
 
     def loads(self, data: bytes | memoryview) -> Any:
         raise NotImplementedError
@@ -63,11 +68,11 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
 
 
 #: How deep values may nest (containers inside containers).  The decoders
-#: have limits of their own: msgpack's unpacker reads 1,023 levels (one fewer
+#: have limits of their own: msgpack's unpacker reads 1,024 levels (one fewer
 #: than its packer writes), and json's depends on Python's recursion limit and
 #: on the caller's stack.  Without these checks a value could be written that
-#: nobody can read back.
-MAX_DEPTH = {"msgpack": 1023, "json": 512}
+#: nobody can read back.  (msgpack needs no walk: see MsgpackSerializer.dumps.)
+MAX_DEPTH = {"msgpack": 1024, "json": 512}
 
 #: Every level costs the encoding at least two bytes (one for msgpack), so a
 #: shorter encoding cannot be too deep and is never walked.
@@ -102,16 +107,39 @@ def _check_depth(value: Any, encoded: bytes, codec: str) -> bytes:
     return encoded
 
 
+#: One msgpack Packer per thread: building one per call costs more than the
+#: packing of a small value, and a Packer is not thread-safe.
+_local = threading.local()
+
+
 class MsgpackSerializer(Serializer):
     name = "msgpack"
 
     def dumps(self, value: Any) -> bytes:
+        return bytes(self.encode(value))
+
+    def encode(self, value: Any) -> memoryview:
+        """The encoding as a view, without a copy (``pack`` copies it once, with the header).
+
+        Packed inside a one-item list whose one-byte header the view leaves
+        out: the packer accepts exactly one level more than the unpacker reads
+        (1,025 against 1,024), so a value too deep to be read back fails here,
+        before anything is written, without walking the value.
+        """
         try:
-            encoded = msgpack.packb(value, use_bin_type=True, default=_msgpack_default)
+            packer = _local.packer
+        except AttributeError:
+            packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+        try:
+            wrapped = packer.pack([value])
         except (TypeError, ValueError, OverflowError) as exc:
+            del _local.packer  # never reuse a packer that stopped half-way
+            reason = str(exc)
+            if "recursion" in reason:
+                reason = f"it nests deeper than {MAX_DEPTH['msgpack']} levels"
             raise exception.SerializationError(
-                f"cannot serialize a {type(value).__name__} with msgpack: {exc}") from None
-        return _check_depth(value, encoded, self.name)
+                f"cannot serialize a {type(value).__name__} with msgpack: {reason}") from None
+        return memoryview(wrapped)[1:]
 
     def loads(self, data: bytes | memoryview) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
@@ -218,7 +246,7 @@ def header() -> bytes:
 
 def pack(serializer: Serializer, value: Any) -> bytes:
     """Encode ``value`` in dogpile's wire format (``metadata|payload``)."""
-    return header() + serializer.dumps(value)
+    return header() + serializer.encode(value)
 
 
 #: Payloads at least this long are decoded from a view instead of a copy.

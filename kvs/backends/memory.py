@@ -69,7 +69,9 @@ class MemoryBackend(LeaseBackend):
             return [self._read(key, now) for key in keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
-        self.check_size(key, value)
+        limit = self.max_value_size  # check_size, inlined: this is the hot path
+        if limit is not None and len(value) > limit:
+            self.check_size(key, value)
         with self._changed:
             self._data[key] = (value, _deadline(ttl))
 
