@@ -259,6 +259,9 @@ return {fence, redis.call('GET', KEYS[3])}
     # So the scripts below take a request id (ARGV, '' when retries are off)
     # and leave it in the key's "done" marker (KEYS: done) for DONE_TTL_MS;
     # a run that finds its own id there answers what the first run answered.
+    # One marker per key: if another write to the same key lands between a
+    # request and its resend, the resend no longer finds its id and reports
+    # LeaseLost or NotFound; that errs on the safe side (fails closed).
 
     #: Compare-and-delete, then wake one waiter.
     #: KEYS[1] lease, KEYS[2] signal list, KEYS[3] done marker.
