@@ -30,10 +30,12 @@ and ``backend`` (the kvs backend when the store may call it directly, for
     cannot be carried through that proxy, so it raises
     :class:`~kvs.exception.UnsupportedProxy` naming it, before anything is
     sent (fail closed).
-:class:`StockPath`
-    A stock dogpile backend behind a plain ``ProxyBackend``.  dogpile's
-    calls; a locked write is checked against the client-side lease table and
-    then written: *not fenced*, as :mod:`kvs.stock` explains.
+
+A stock dogpile backend behind a plain ``ProxyBackend`` takes a
+:class:`LeasePath` too, over one more :class:`StockWrites` put on top of the
+chain: the plain proxy cannot carry kvs's calls, but the stock backend cannot
+fence them anyway, so the client-side lease check happens before the chain
+(*not fenced*, as :mod:`kvs.stock` explains).
 
 A path holds no per-call state and is shared by every thread of the store.
 """
@@ -153,34 +155,6 @@ class DogpilePath:
         raise self._refuse("a locked delete")
 
 
-class StockPath(DogpilePath):
-    """A stock backend behind a plain ProxyBackend: locked writes are table-checked, not fenced."""
-
-    def __init__(self, top: Any, leases: StockLeases, backend_name: str) -> None:
-        super().__init__(top, leases, blocker=None)
-        self._stock = leases
-        self._backend_name = backend_name
-
-    def _check_ttl(self, ttl: float | None) -> None:
-        if ttl is not None:
-            raise no_ttl_on_stock(self._backend_name)
-
-    def check_fenced_write(self, ttl: float | None) -> None:
-        self._check_ttl(ttl)
-
-    def fenced_set(self, key: str, data: bytes, token: str, ttl: float | None) -> Fenced:
-        self._check_ttl(ttl)
-        if not self._stock.holds(key, token):
-            return Fenced.LEASE_LOST
-        self.top.set_serialized(key, data)
-        return Fenced.WRITTEN
-
-    def fenced_delete(self, key: str, token: str) -> Fenced:
-        if not self._stock.holds(key, token):
-            return Fenced.LEASE_LOST
-        return Fenced.WRITTEN if self.delete(key) else Fenced.MISSING
-
-
 def no_ttl_on_stock(backend_name: str) -> exception.KVSError:
     return exception.ConfigurationError(
         f"backend {backend_name} cannot expire individual keys", option="ttl")
@@ -247,7 +221,8 @@ def choose(region: CacheRegion, backend_name: str, stock: StockLeases | None) ->
     blocker = next((layer for layer in layers[:-1] if not carries_writes(layer)), None)
     if stock is not None:
         if blocker is not None:
-            return StockPath(top, stock, backend_name)
+            # Checked and translated into dogpile's calls above the chain.
+            top = StockWrites(stock, backend_name).wrap(top)
         return LeasePath(top, stock, None)
     actual = layers[-1]
     assert isinstance(actual, LeaseBackend)

@@ -530,6 +530,11 @@ class MemcachedBackend(LeaseBackend):
         (reply,) = self._meta(client, b"mg %s v c t" % (_LEASE_PREFIX + safe).encode())
         return reply if reply.code == b"VA" else None
 
+    def _own_lease(self, client: Any, safe: str, token: bytes) -> MetaReply | None:
+        """The lease item on ``safe`` if ``token`` holds it (its CAS and TTL), else None."""
+        lease = self._read_lease(client, safe)
+        return lease if lease is not None and lease.value == token else None
+
     def _holds(self, lease: MetaReply | None, token: bytes) -> bool:
         """Whether ``token`` holds ``lease`` with the safety margin still ahead.
 
@@ -639,8 +644,8 @@ class MemcachedBackend(LeaseBackend):
                 return self._next_fence(client, safe)
             # Taken: by another holder, or by us if this is a retry of an
             # acquire whose reply was lost.  Only the latter is a success.
-            lease = self._read_lease(client, safe)
-            if lease is None or lease.value != wanted:
+            lease = self._own_lease(client, safe, wanted)
+            if lease is None:
                 return None
             if not client.cas(lease_key, wanted, lease.flags[b"c"], expire, noreply=False):
                 return None
@@ -654,8 +659,8 @@ class MemcachedBackend(LeaseBackend):
         self._forget_credit(safe, token)
         with server.errors:
             client = server.client()
-            lease = self._read_lease(client, safe)
-            if lease is None or lease.value != token.encode():
+            lease = self._own_lease(client, safe, token.encode())
+            if lease is None:
                 return False
             # Conditional on the CAS just read: if the lease changed hands
             # meanwhile, memcached answers EX and deletes nothing.
@@ -681,8 +686,8 @@ class MemcachedBackend(LeaseBackend):
         wanted = token.encode()
         with server.errors:
             client = server.client()
-            lease = self._read_lease(client, safe)
-            if lease is None or lease.value != wanted:
+            lease = self._own_lease(client, safe, wanted)
+            if lease is None:
                 self._forget_credit(safe, token)
                 return False
             remaining = lease.int_flag(b"t")
@@ -709,8 +714,8 @@ class MemcachedBackend(LeaseBackend):
         wanted = token.encode()
         with server.errors:
             client = server.client()
-            lease = self._read_lease(client, safe)
-            if lease is None or lease.value != wanted:
+            lease = self._own_lease(client, safe, wanted)
+            if lease is None:
                 return False
             # cas: only the lease we just read, not one granted since.
             return client.cas(_LEASE_PREFIX + safe, wanted, lease.flags[b"c"], 0,

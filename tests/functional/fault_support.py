@@ -32,6 +32,21 @@ def new_store(config: dict[str, Any], key_prefix: str, **overrides: Any) -> kvs.
     return store
 
 
+def grant_fences(config: dict[str, Any], count: int, key: str = "k") -> list[int]:
+    """The fences of ``count`` grants of ``key``, through a fresh store on ``config``.
+
+    A fresh store each time, so the test can call it again after a server
+    restart: the old store's connections died with the server.
+    """
+    store = new_store(config, "fences", lock_timeout=5)
+    fences = []
+    for _ in range(count):
+        with store.get_lock(key) as lock:
+            assert lock.fence is not None
+            fences.append(lock.fence)
+    return fences
+
+
 @contextlib.contextmanager
 def returns_within(seconds: float) -> Iterator[None]:
     """Assert that the block finishes (raising or not) within ``seconds``."""

@@ -13,7 +13,6 @@ the re-seeding path too.)
 from __future__ import annotations
 
 import signal
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,11 @@ import pytest
 import kvs
 import kvs.testing
 from tests.fixtures.memcached_servers import MemcachedServer
+from tests.functional.fault_support import grant_fences
 
 
 def _grants(server: MemcachedServer, count: int) -> list[int]:
-    store = kvs.get_key_value_store(f"fences-{uuid.uuid4().hex[:8]}")
-    store.configure("kvs.memcached", servers=[server.address], key_prefix="fences",
-                    lock_timeout=5)
-    fences = []
-    for _ in range(count):
-        with store.get_lock("k") as lock:
-            assert lock.fence is not None
-            fences.append(lock.fence)
-    return fences
+    return grant_fences({"backing_store": "kvs.memcached", "servers": [server.address]}, count)
 
 
 @pytest.mark.parametrize("restart", ["kill -9", "warm restart"])

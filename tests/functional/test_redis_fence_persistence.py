@@ -9,7 +9,6 @@ grant must still get a fence above every earlier one.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 import kvs
 import kvs.testing
 from tests.fixtures.redis_servers import RedisServer, wait_until
+from tests.functional.fault_support import grant_fences
 
 PERSISTENCE = {
     "rdb": ["save 3600 1", "dbfilename dump.rdb"],
@@ -27,16 +27,8 @@ PERSISTENCE = {
 
 
 def _grants(server: RedisServer, count: int) -> list[int]:
-    # A fresh store each time: the old one's connections died with the server.
-    store = kvs.get_key_value_store(f"fences-{uuid.uuid4().hex[:8]}")
-    store.configure("kvs.redis", host="127.0.0.1", port=server.port, key_prefix="fences",
-                    lock_timeout=5)
-    fences = []
-    for _ in range(count):
-        with store.get_lock("k") as lock:
-            assert lock.fence is not None
-            fences.append(lock.fence)
-    return fences
+    config = {"backing_store": "kvs.redis", "host": "127.0.0.1", "port": server.port}
+    return grant_fences(config, count)
 
 
 @pytest.mark.parametrize("persistence", list(PERSISTENCE))

@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import pytest
+from dogpile.cache.proxy import ProxyBackend
 
 import kvs
+import kvs.testing
 from kvs import exception
 
 
@@ -62,3 +64,32 @@ def test_ttls_need_a_kvs_backend(stock_store: kvs.KeyValueStore) -> None:
     with pytest.raises(exception.ConfigurationError):
         other.configure("dogpile.cache.memory", default_ttl=5)
     assert not other.is_configured
+
+
+class _PlainProxy(ProxyBackend):
+    """A plain dogpile proxy that counts the writes passing through it."""
+
+    writes = 0
+
+    def set_serialized(self, key: Any, value: Any) -> None:
+        type(self).writes += 1
+        self.proxied.set_serialized(key, value)
+
+
+def test_stock_backend_behind_a_plain_proxy_checks_locked_writes() -> None:
+    _PlainProxy.writes = 0
+    with kvs.testing.isolated_stores():
+        store = kvs.get_key_value_store("stock-plain-proxy")
+        store.configure("dogpile.cache.memory", proxy_list=[_PlainProxy])
+        with store.get_lock("k") as lock:
+            store.set("k", 1, lock=lock)
+            store.delete("k", lock=lock)
+            with pytest.raises(exception.NotFound):
+                store.delete("k", lock=lock)
+        assert store.update("n", lambda n: n + 1, default=0) == 1
+        stale = store.get_lock("k").acquire()
+        store.break_lock("k")
+        with pytest.raises(exception.LeaseLost):
+            store.set("k", "stale", lock=stale)
+        assert not store.exists("k")
+        assert _PlainProxy.writes == 2  # the locked set and update()'s write
