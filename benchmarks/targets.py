@@ -32,6 +32,7 @@ class Target:
 
 _REDIS = "issue 3 (Redis)"
 _MEMCACHED = "issue 4 (memcached)"
+_SQLITE = "issue 17 (embedded default)"
 
 TARGETS: tuple[Target, ...] = (
     *(Target("redis", op, "raw", 1.10, source=_REDIS, note="raw redis-py GET/SET + msgpack")
@@ -49,6 +50,18 @@ TARGETS: tuple[Target, ...] = (
       for op in ("get 100B", "get 10KB", "set 100B", "set 10KB")),
     Target("memcached", "get_multi 100", "raw", 1.30, source=_MEMCACHED,
            note="raw pymemcache get_many + msgpack decoding"),
+    Target("sqlite", "update", "raw", 1.50, source=_SQLITE,
+           note="BEGIN IMMEDIATE; SELECT; write; COMMIT"),
+    Target("sqlite", "get 100B", "raw", 1.30, source=_SQLITE, note="SELECT + msgpack decode"),
+    Target("sqlite", "get_multi 100", "raw", 1.30, source=_SQLITE,
+           note="one SELECT ... IN + msgpack decoding"),
+    Target("sqlite", "set_multi 100", "raw", 1.30, source=_SQLITE,
+           note="one raw transaction of 100 writes"),
+    Target("sqlite", "locked write", "raw", 2.50, source=_SQLITE,
+           note="get_lock, get, set(lock=), release against the raw transaction"),
+    *(Target("memory", op, "raw", 3.00, source=_SQLITE,
+             note="dict + threading.Lock + msgpack")
+      for op in ("update", "locked write")),
 )
 
 #: Issue 7: per-op cost "should stay flat" as a store grows 1k -> 1M keys.  The

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 from kvs import durations, exception, manglers, paths, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 from kvs.errors import raise_translated, translated
-from kvs.lock import KeyValueStoreLock
+from kvs.lock import KeyValueStoreLock, safety_window
 from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
 from kvs.stock import StockLeases, stock_lock_arguments
 
@@ -412,8 +413,9 @@ class KeyValueStore:
         keys = [manglers.check_key(key) for key in keys]
         if not keys:
             return []
-        mangle = self._key_mangler
-        values = [self._decode(item) for item in path.get_multi([mangle(key) for key in keys])]
+        mangle, unpack, codec = self._key_mangler, serializers.unpack, self._serializer
+        values = [item if item is NO_VALUE else unpack(codec, item)
+                  for item in path.get_multi([mangle(key) for key in keys])]
         if NO_VALUE in values:
             missing = [key for key, value in zip(keys, values) if value is NO_VALUE]
             raise exception.NotFound(missing, store=self.name)
@@ -538,9 +540,13 @@ class KeyValueStore:
         if self.locking:
             # Refuse before fn runs (and has side effects), not at the write.
             path.check_fenced_write(ttl)
+        backend = path.backend
+        if backend is not None and self.locking:
+            if backend.updates_in_one_step:
+                return self._update_in_one_step(backend, key, fn, default, ttl)
+            return self._update_in_two_round_trips(backend, self.get_lock(key), fn, default,
+                                                   ttl)
         lock = self.get_lock(key)
-        if path.backend is not None and self.locking:
-            return self._update_in_two_round_trips(path.backend, lock, fn, default, ttl)
         lock.acquire()
         try:
             try:
@@ -556,6 +562,67 @@ class KeyValueStore:
             raise
         lock.release()
         return new
+
+    def _update_in_one_step(self, backend: LeaseBackend, key: str, fn: Callable[[Any], Any],
+                            default: Any, ttl: float | None) -> Any:
+        """update() on a backend that runs it atomically in one step (sqlite, memory).
+
+        The same rules as under a lease: another holder's lease makes it wait
+        up to ``lock_wait_timeout``; the key's fence advances; ``fn`` running
+        past the holder's view of ``lock_timeout`` raises LockTimeout and
+        writes nothing; ``fn`` raising writes nothing.
+        """
+        serializer = self._serializer
+        lock_timeout = self.lock_timeout
+        budget = lock_timeout - safety_window(lock_timeout) if lock_timeout else None
+        lease_ttl = lock_timeout + safety_window(lock_timeout) if lock_timeout else None
+        result: list[Any] = []
+        failed: list[BaseException] = []
+
+        def change(stored: Any) -> bytes:
+            started = time.monotonic()
+            if stored is not NO_VALUE:
+                current = serializers.unpack(serializer, stored)
+            elif default is _NO_DEFAULT:
+                raise exception.NotFound(key, store=self.name)
+            else:
+                current = default
+            try:
+                new = fn(current)
+            except BaseException as error:
+                failed.append(error)  # fn's own error reaches the caller unchanged
+                raise
+            if budget is not None and time.monotonic() - started >= budget:
+                raise exception.LockTimeout(
+                    f"lock timeout occurred for key {key!r} in store {self.name!r} "
+                    f"(update's fn ran past lock_timeout={lock_timeout} s); nothing was "
+                    f"written", key=key, store=self.name)
+            result.append(new)
+            return serializers.pack(serializer, new)
+
+        try:
+            mangled = self._key_mangler(key)
+            deadline = None
+            while True:
+                outcome = backend.update_value(mangled, change, ttl, lease_ttl)
+                if outcome is Fenced.WRITTEN:
+                    return result[0]
+                if outcome is Fenced.LEASE_LOST:
+                    raise exception.LeaseLost(
+                        f"lease on key {key!r} in store {self.name!r} was broken during "
+                        f"update(); nothing was written", key=key, store=self.name)
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.lock_wait_timeout
+                if now >= deadline:
+                    raise exception.LockAcquireTimeout(
+                        f"could not lock key {key!r} in store {self.name!r} within "
+                        f"{self.lock_wait_timeout} s", key=key, store=self.name)
+                backend.wait_for_release(mangled, deadline - now)
+        except Exception as exc:
+            if failed and failed[0] is exc:
+                raise
+            raise_translated(self, exc, "update", (key,))
 
     def _update_in_two_round_trips(self, backend: LeaseBackend, lock: KeyValueStoreLock,
                                    fn: Callable[[Any], Any], default: Any,

@@ -40,7 +40,7 @@ import abc
 import dataclasses
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from dogpile.cache.api import NO_VALUE, BytesBackend, NoValue
@@ -290,6 +290,27 @@ class LeaseBackend(BytesBackend, abc.ABC):
         if outcome is Fenced.WRITTEN:
             self.release_lease(key, token)
         return outcome
+
+    #: True when :meth:`update_value` runs a whole ``update()`` in one atomic
+    #: step in the backend (sqlite: one transaction; memory: one in-process
+    #: lease).  Backends across a network keep the two round trips above.
+    updates_in_one_step: ClassVar[bool] = False
+
+    def update_value(self, key: str, change: Callable[[bytes | NoValue], bytes],
+                     ttl: float | None, lease_ttl: float | None) -> Fenced | None:
+        """Read-modify-write ``key`` in one atomic step, as if under a lease.
+
+        If another token holds a live lease on ``key``, return ``None`` at once
+        (nothing called, nothing written).  Otherwise advance the key's fence,
+        exactly as a grant does, call ``change(stored)`` once with the stored
+        bytes (``NO_VALUE`` when missing) while nobody else can lease or write
+        the key, and write what it returns with ``ttl``: ``Fenced.WRITTEN``.
+        ``Fenced.LEASE_LOST`` means the exclusion was broken meanwhile
+        (``break_lease``) and nothing was written.  If ``change`` raises,
+        nothing is written and the error propagates.  ``lease_ttl`` bounds how
+        long the exclusion may outlive a caller that never comes back.
+        """
+        raise NotImplementedError(f"{self.backend_name()} has no one-step update")
 
     # -- dogpile's write entry points: plain writes without a TTL -------------
 

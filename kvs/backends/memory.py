@@ -10,13 +10,30 @@ Data is per backend instance (so per configured store) and per process.
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
+
+_NOBODY = (None, None)
+#: Prefix of update_value's own lease tokens.
+_UPDATE = "update-"
+
+_instances: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_instances):
+        backend._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _deadline(ttl: float | None) -> float | None:
@@ -35,10 +52,29 @@ class MemoryBackend(LeaseBackend):
 
     def __init__(self, arguments: Mapping[str, object]) -> None:
         super().__init__(arguments)
-        self._changed = threading.Condition(threading.Lock())
+        # The hot paths take the bare lock (a Condition's "with" is Python code).
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._waiting = 0  # threads in wait_for_release
+        self._update_tokens = itertools.count()
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._leases: dict[str, tuple[str, float | None]] = {}
         self._fences: dict[str, int] = {}
+        _instances.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child's copy: its own lock, without the parent threads' updates.
+
+        Another thread of the parent may have held the lock at fork (the child
+        would wait for it forever) or sat inside update_value (its lease
+        would never be released in the child).
+        """
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._waiting = 0
+        for key, lease in list(self._leases.items()):
+            if lease[0].startswith(_UPDATE):
+                del self._leases[key]
 
     # -- data ---------------------------------------------------------------
 
@@ -59,12 +95,12 @@ class MemoryBackend(LeaseBackend):
             return NO_VALUE
         if entry[1] is None or entry[1] > time.monotonic():
             return entry[0]
-        with self._changed:
+        with self._lock:
             return self._read(key, time.monotonic())
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         # Under the lock: a concurrent set_multi is seen whole or not at all.
-        with self._changed:
+        with self._lock:
             now = time.monotonic()
             return [self._read(key, now) for key in keys]
 
@@ -72,25 +108,25 @@ class MemoryBackend(LeaseBackend):
         limit = self.max_value_size  # check_size, inlined: this is the hot path
         if limit is not None and len(value) > limit:
             self.check_size(key, value)
-        with self._changed:
+        with self._lock:
             self._data[key] = (value, _deadline(ttl))
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
         deadline = _deadline(ttl)
-        with self._changed:
+        with self._lock:
             for key, value in mapping.items():
                 self._data[key] = (value, deadline)
 
     def plain_delete(self, key: str) -> bool:
-        with self._changed:
+        with self._lock:
             if self._read(key, time.monotonic()) is NO_VALUE:
                 return False
             del self._data[key]
             return True
 
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
-        with self._changed:
+        with self._lock:
             for key in keys:
                 self._data.pop(key, None)
 
@@ -106,7 +142,7 @@ class MemoryBackend(LeaseBackend):
         return lease[0]
 
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
-        with self._changed:
+        with self._lock:
             holder = self._holder(key, time.monotonic())
             if holder is not None and holder != token:
                 return None
@@ -120,15 +156,15 @@ class MemoryBackend(LeaseBackend):
             return fence
 
     def release_lease(self, key: str, token: str) -> bool:
-        with self._changed:
+        with self._lock:
             if self._holder(key, time.monotonic()) != token:
                 return False
             del self._leases[key]
-            self._changed.notify_all()
+            self._wake()
             return True
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
-        with self._changed:
+        with self._lock:
             if self._holder(key, time.monotonic()) != token:
                 return False
             deadline = self._leases[key][1]
@@ -137,7 +173,7 @@ class MemoryBackend(LeaseBackend):
             return True
 
     def persist_lease(self, key: str, token: str) -> bool:
-        with self._changed:
+        with self._lock:
             if self._holder(key, time.monotonic()) != token:
                 return False
             self._leases[key] = (token, None)
@@ -145,14 +181,14 @@ class MemoryBackend(LeaseBackend):
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
-        with self._changed:
+        with self._lock:
             if self._holder(key, time.monotonic()) != token:
                 return Fenced.LEASE_LOST
             self._data[key] = (value, _deadline(ttl))
             return Fenced.WRITTEN
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
-        with self._changed:
+        with self._lock:
             now = time.monotonic()
             if self._holder(key, now) != token:
                 return Fenced.LEASE_LOST
@@ -162,7 +198,7 @@ class MemoryBackend(LeaseBackend):
             return Fenced.WRITTEN
 
     def lease_info(self, key: str) -> LeaseInfo | None:
-        with self._changed:
+        with self._lock:
             now = time.monotonic()
             holder = self._holder(key, now)
             if holder is None:
@@ -172,22 +208,65 @@ class MemoryBackend(LeaseBackend):
             return LeaseInfo(token=holder, fence=self._fences[key], remaining=remaining)
 
     def break_lease(self, key: str) -> bool:
-        with self._changed:
+        with self._lock:
             broken = self._leases.pop(key, None) is not None
-            self._changed.notify_all()
+            self._wake()
             return broken
 
     def wait_for_release(self, key: str, timeout: float) -> None:
         # Woken by release_lease/break_lease; an expiry wakes nobody, so the
         # wait is capped and the caller retries.
-        with self._changed:
+        with self._lock:
             lease = self._leases.get(key)
             if lease is None:
                 return
             limit = timeout
             if lease[1] is not None:
                 limit = min(limit, max(0.0, lease[1] - time.monotonic()))
-            self._changed.wait(limit)
+            self._waiting += 1
+            try:
+                self._changed.wait(limit)
+            finally:
+                self._waiting -= 1
+
+    updates_in_one_step = True
+
+    def update_value(self, key: str, change: Callable[[bytes | NoValue], bytes],
+                     ttl: float | None, lease_ttl: float | None) -> Fenced | None:
+        """An in-process lease for the length of ``change``: a dict entry under the lock.
+
+        ``change`` runs outside the lock, so it may use the store (other keys);
+        the entry keeps other holders (and other update() calls) off this key.
+        """
+        token = f"{_UPDATE}{next(self._update_tokens)}"  # never a get_lock token (hex)
+        with self._lock:
+            now = time.monotonic()
+            if self._holder(key, now) is not None:
+                return None
+            self._fences[key] = self._fences.get(key, 0) + 1
+            self._leases[key] = (token, _deadline(lease_ttl))
+            stored = self._read(key, now)
+        try:
+            value = change(stored)
+            self.check_size(key, value)
+        except BaseException:
+            with self._lock:
+                if self._leases.get(key, _NOBODY)[0] == token:
+                    del self._leases[key]
+                    self._wake()
+            raise
+        with self._lock:
+            ours = self._holder(key, time.monotonic()) == token
+            if ours:
+                self._data[key] = (value, _deadline(ttl))
+                del self._leases[key]
+                self._wake()
+        return Fenced.WRITTEN if ours else Fenced.LEASE_LOST
+
+    def _wake(self) -> None:
+        """Wake the waiters of wait_for_release (under the lock)."""
+        if self._waiting:
+            self._changed.notify_all()
 
     def ping(self) -> None:
         return None

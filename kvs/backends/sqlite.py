@@ -50,15 +50,16 @@ Arguments:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
@@ -209,6 +210,10 @@ _gate = _ForkGate()
 #: the whole of each one.
 _fork_lock = threading.Lock()
 
+#: Counts forks into this process: a connection opened under another number
+#: belongs to the parent.
+_generation = 0
+
 
 # The locks are held across fork so that the child never inherits them locked.
 def _before_fork() -> None:
@@ -226,6 +231,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1  # every backend opens fresh connections in the child
     _inherited.extend(_held_across_fork)
     _held_across_fork.clear()
     _live_connections.clear()
@@ -251,6 +258,11 @@ class _Calls:
         _gate.exit()
         self._translating.__exit__(exc_type, exc, tb)
 
+    def raise_for(self, exc: Exception) -> NoReturn:
+        """Raise the translation of ``exc`` (or ``exc``): the block form, written out."""
+        self._translating.__exit__(type(exc), exc, exc.__traceback__)
+        raise exc
+
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
@@ -263,6 +275,132 @@ def _now() -> float:
 
 def _expiry(now: float, ttl: float | None) -> float | None:
     return None if ttl is None else now + ttl
+
+
+_T = TypeVar("_T")
+
+_GET_LIVE = f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}"
+_HOLDS = f"SELECT 1 FROM kvs_lease WHERE key = ? AND token = ? AND {_LIVE_LEASE}"
+# A grant: only when no live lease is there (one statement for a known key).
+_GRANT = (f"UPDATE kvs_lease SET token = ?, expires = ?, fence = fence + 1 "
+          f"WHERE key = ? AND NOT ({_LIVE_LEASE}) RETURNING fence")
+_FIRST_GRANT = ("INSERT INTO kvs_lease (key, token, expires, fence) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (key) DO NOTHING RETURNING fence")
+# update()'s grant: the fence advances, the lease stays free (the transaction
+# itself is the exclusion).
+_ADVANCE_FENCE = (f"UPDATE kvs_lease SET token = NULL, expires = NULL, fence = fence + 1 "
+                  f"WHERE key = ? AND NOT ({_LIVE_LEASE})")
+_FIRST_FENCE = ("INSERT INTO kvs_lease (key, token, expires, fence) VALUES (?, NULL, NULL, 1) "
+                "ON CONFLICT (key) DO NOTHING")
+_RELEASE = ("UPDATE kvs_lease SET token = NULL, expires = NULL "
+            f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}")
+
+
+@functools.lru_cache(maxsize=64)
+def _get_many(count: int) -> str:
+    return (f"SELECT key, value FROM kvs_data WHERE key IN ({', '.join('?' * count)}) "
+            f"AND {_LIVE_DATA}")
+
+
+# The work of each write transaction, run by SQLiteBackend._write.
+
+def _upsert(connection: sqlite3.Connection, key: str, value: bytes, ttl: float | None) -> None:
+    connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
+
+
+def _upsert_many(connection: sqlite3.Connection, mapping: Mapping[str, bytes],
+                 ttl: float | None) -> None:
+    expires = _expiry(_now(), ttl)
+    connection.executemany(_UPSERT_DATA,
+                           [(key, value, expires) for key, value in mapping.items()])
+
+
+def _delete_live(connection: sqlite3.Connection, key: str) -> bool:
+    """Delete ``key``; say whether it held a live (unexpired) value."""
+    row = connection.execute(
+        "DELETE FROM kvs_data WHERE key = ? RETURNING expires", (key,)).fetchone()
+    return row is not None and (row[0] is None or row[0] > _now())
+
+
+def _delete_many(connection: sqlite3.Connection, keys: Sequence[str]) -> None:
+    connection.executemany("DELETE FROM kvs_data WHERE key = ?", [(key,) for key in keys])
+
+
+def _holds(connection: sqlite3.Connection, key: str, token: str) -> bool:
+    return connection.execute(_HOLDS, (key, token, _now())).fetchone() is not None
+
+
+def _acquire(connection: sqlite3.Connection, key: str, token: str,
+             ttl: float | None) -> int | None:
+    now = _now()
+    expires = _expiry(now, ttl)
+    row = connection.execute(_GRANT, (token, expires, key, now)).fetchone()
+    if row is None:
+        row = connection.execute(_FIRST_GRANT, (key, token, expires)).fetchone()
+    if row is not None:
+        return int(row[0])
+    # A live lease is there: a retry of an acquire whose reply was lost keeps
+    # its lease and its fence; anyone else's holds.
+    row = connection.execute(
+        "UPDATE kvs_lease SET expires = ? WHERE key = ? AND token = ? RETURNING fence",
+        (expires, key, token)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _release(connection: sqlite3.Connection, key: str, token: str) -> bool:
+    # Keep the row: its fence must outlive the lease.
+    return connection.execute(_RELEASE, (key, token, _now())).rowcount == 1
+
+
+def _extend(connection: sqlite3.Connection, key: str, token: str, ttl: float) -> bool:
+    # NULL + ttl stays NULL: a lease without expiry keeps having none.
+    return connection.execute(
+        f"UPDATE kvs_lease SET expires = expires + ? WHERE key = ? AND token = ? "
+        f"AND {_LIVE_LEASE}", (ttl, key, token, _now())).rowcount == 1
+
+
+def _persist(connection: sqlite3.Connection, key: str, token: str) -> bool:
+    return connection.execute(
+        f"UPDATE kvs_lease SET expires = NULL WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
+        (key, token, _now())).rowcount == 1
+
+
+def _fenced_set(connection: sqlite3.Connection, key: str, value: bytes, token: str,
+                ttl: float | None) -> Fenced:
+    if not _holds(connection, key, token):
+        return Fenced.LEASE_LOST
+    _upsert(connection, key, value, ttl)
+    return Fenced.WRITTEN
+
+
+def _fenced_delete(connection: sqlite3.Connection, key: str, token: str) -> Fenced:
+    if not _holds(connection, key, token):
+        return Fenced.LEASE_LOST
+    return Fenced.WRITTEN if _delete_live(connection, key) else Fenced.MISSING
+
+
+def _acquire_and_get(connection: sqlite3.Connection, key: str, token: str,
+                     ttl: float | None) -> tuple[int | None, bytes | NoValue]:
+    fence = _acquire(connection, key, token, ttl)
+    if fence is None:
+        return None, NO_VALUE
+    row = connection.execute(_GET_LIVE, (key, _now())).fetchone()
+    return fence, NO_VALUE if row is None else bytes(row[0])
+
+
+def _fenced_set_and_release(connection: sqlite3.Connection, key: str, value: bytes,
+                            token: str, ttl: float | None) -> Fenced:
+    if not _holds(connection, key, token):
+        return Fenced.LEASE_LOST
+    _upsert(connection, key, value, ttl)
+    _release(connection, key, token)
+    return Fenced.WRITTEN
+
+
+def _break(connection: sqlite3.Connection, key: str) -> bool:
+    return connection.execute(
+        f"UPDATE kvs_lease SET token = NULL, expires = NULL WHERE key = ? AND {_LIVE_LEASE}",
+        (key, _now())).rowcount == 1
 
 
 class SQLiteBackend(LeaseBackend):
@@ -316,12 +454,13 @@ class SQLiteBackend(LeaseBackend):
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use and again after fork."""
-        pid = os.getpid()
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != pid:
-            connection = self._open()
-            self._local.connection = connection
-            self._local.pid = pid
+        local = self._local
+        if getattr(local, "generation", -1) != _generation:
+            # A new thread, a closed connection or a forked child (getpid()
+            # would be a system call on every use; the fork hook counts).
+            local.connection = self._open()
+            local.generation = _generation
+        connection: sqlite3.Connection = local.connection
         return connection
 
     def _open(self) -> sqlite3.Connection:
@@ -386,11 +525,13 @@ class SQLiteBackend(LeaseBackend):
 
     def close(self) -> None:
         """Close the calling thread's connection; the next call opens a new one."""
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and self._local.pid == os.getpid():
+        local = self._local
+        connection = getattr(local, "connection", None)
+        if connection is not None and getattr(local, "generation", -1) == _generation:
             with self._errors:
                 connection.close()
-        self._local.connection = None
+        local.connection = None
+        local.generation = -1
 
     def translate_file_error(self, exc: Exception) -> exception.KVSError | None:
         """BackendUnavailable naming the file for SQLite's operational errors.
@@ -409,27 +550,44 @@ class SQLiteBackend(LeaseBackend):
             message = f"SQLite file {self.filename!r} cannot be used: {exc}"
         return exception.BackendUnavailable(message, file=self.filename)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: the write lock is taken before anything is read."""
+    def _write(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(connection, *args)`` in a write transaction; its result.
+
+        The write lock is taken (``BEGIN IMMEDIATE``) before anything is read.
+        Called inside an ``update()``'s ``fn`` on this thread, whose
+        transaction is still open, the work joins that transaction as a
+        savepoint: it commits with the update, or not at all.
+        """
         connection = self._connection()
         with self._errors:
-            connection.execute("BEGIN IMMEDIATE")
+            nested = connection.in_transaction
+            connection.execute("SAVEPOINT kvs_nested" if nested else "BEGIN IMMEDIATE")
             try:
-                if time.monotonic() >= self._next_purge:
+                if not nested and time.monotonic() >= self._next_purge:
                     self._purge(connection)
-                yield connection
-                connection.execute("COMMIT")
+                result = work(connection, *args)
             except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
+                self._roll_back(connection, nested)
                 raise
+            connection.execute("RELEASE kvs_nested" if nested else "COMMIT")
+            return result
+
+    @staticmethod
+    def _roll_back(connection: sqlite3.Connection, nested: bool) -> None:
+        if nested:
+            connection.execute("ROLLBACK TO kvs_nested")
+            connection.execute("RELEASE kvs_nested")
+        elif connection.in_transaction:
+            connection.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: several SELECTs see one state of the file."""
         connection = self._connection()
         with self._errors:
+            if connection.in_transaction:  # inside an update()'s fn: already one state
+                yield connection
+                return
             connection.execute("BEGIN")
             try:
                 yield connection
@@ -448,147 +606,111 @@ class SQLiteBackend(LeaseBackend):
     # -- data ---------------------------------------------------------------
 
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
-        with self._errors:
-            row = self._connection().execute(
-                f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}",
-                (key, _now())).fetchone()
-        return NO_VALUE if row is None else bytes(row[0])
+        # The hot path: the gate and the translation written out (see _Calls).
+        connection = self._connection()
+        _gate.enter()
+        try:
+            row = connection.execute(_GET_LIVE, (key, _now())).fetchone()
+        except Exception as exc:
+            self._errors.raise_for(exc)
+        finally:
+            _gate.exit()
+        if row is None:
+            return NO_VALUE
+        value = row[0]
+        return value if value.__class__ is bytes else bytes(value)
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         unique = list(dict.fromkeys(keys))
         found: dict[str, bytes] = {}
+        if len(unique) <= _CHUNK:  # one statement is one state of the file already
+            connection = self._connection()
+            with self._errors:
+                found.update(connection.execute(_get_many(len(unique)), (*unique, _now())))
+            return [found.get(key, NO_VALUE) for key in keys]
         with self._snapshot() as connection:
             now = _now()
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start:start + _CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                rows = connection.execute(
-                    f"SELECT key, value FROM kvs_data WHERE key IN ({marks}) AND {_LIVE_DATA}",
-                    (*chunk, now))
-                found.update((key, bytes(value)) for key, value in rows)
+                rows = connection.execute(_get_many(len(chunk)), (*chunk, now))
+                found.update(rows)
         return [found.get(key, NO_VALUE) for key in keys]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.check_size(key, value)
-        with self._transaction() as connection:
-            connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
+        self._write(_upsert, key, value, ttl)
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
-        with self._transaction() as connection:
-            expires = _expiry(_now(), ttl)
-            connection.executemany(
-                _UPSERT_DATA, ((key, value, expires) for key, value in mapping.items()))
-
-    def _delete_live(self, connection: sqlite3.Connection, key: str) -> bool:
-        """Delete ``key``; say whether it held a live (unexpired) value."""
-        row = connection.execute(
-            "DELETE FROM kvs_data WHERE key = ? RETURNING expires", (key,)).fetchone()
-        return row is not None and (row[0] is None or row[0] > _now())
+        self._write(_upsert_many, mapping, ttl)
 
     def plain_delete(self, key: str) -> bool:
-        with self._transaction() as connection:
-            return self._delete_live(connection, key)
+        return self._write(_delete_live, key)
 
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
-        with self._transaction() as connection:
-            connection.executemany("DELETE FROM kvs_data WHERE key = ?", ((k,) for k in keys))
+        self._write(_delete_many, keys)
 
     # -- leases -------------------------------------------------------------
 
-    @staticmethod
-    def _holds(connection: sqlite3.Connection, key: str, token: str) -> bool:
-        return connection.execute(
-            f"SELECT 1 FROM kvs_lease WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
-            (key, token, _now())).fetchone() is not None
-
-    @staticmethod
-    def _acquire(connection: sqlite3.Connection, key: str, token: str,
-                 ttl: float | None) -> int | None:
-        now = _now()
-        row = connection.execute(
-            "SELECT token, expires, fence FROM kvs_lease WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] is not None and (row[1] is None or row[1] > now):
-            if row[0] != token:
-                return None
-            # A retry of an acquire whose reply was lost: same lease, same fence.
-            connection.execute("UPDATE kvs_lease SET expires = ? WHERE key = ?",
-                               (_expiry(now, ttl), key))
-            return int(row[2])
-        fence = 1 if row is None else int(row[2]) + 1
-        connection.execute(
-            "INSERT INTO kvs_lease (key, token, expires, fence) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET token = excluded.token, "
-            "expires = excluded.expires, fence = excluded.fence",
-            (key, token, _expiry(now, ttl), fence))
-        return fence
-
-    @staticmethod
-    def _release(connection: sqlite3.Connection, key: str, token: str) -> bool:
-        # Keep the row: its fence must outlive the lease.
-        return connection.execute(
-            "UPDATE kvs_lease SET token = NULL, expires = NULL "
-            f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
-            (key, token, _now())).rowcount == 1
-
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
-        with self._transaction() as connection:
-            return self._acquire(connection, key, token, ttl)
+        return self._write(_acquire, key, token, ttl)
 
     def release_lease(self, key: str, token: str) -> bool:
-        with self._transaction() as connection:
-            return self._release(connection, key, token)
+        return self._write(_release, key, token)
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
-        # NULL + ttl stays NULL: a lease without expiry keeps having none.
-        with self._transaction() as connection:
-            return connection.execute(
-                f"UPDATE kvs_lease SET expires = expires + ? "
-                f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
-                (ttl, key, token, _now())).rowcount == 1
+        return self._write(_extend, key, token, ttl)
 
     def persist_lease(self, key: str, token: str) -> bool:
-        with self._transaction() as connection:
-            return connection.execute(
-                f"UPDATE kvs_lease SET expires = NULL "
-                f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
-                (key, token, _now())).rowcount == 1
+        return self._write(_persist, key, token)
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
-        with self._transaction() as connection:
-            if not self._holds(connection, key, token):
-                return Fenced.LEASE_LOST
-            connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
-            return Fenced.WRITTEN
+        return self._write(_fenced_set, key, value, token, ttl)
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
-        with self._transaction() as connection:
-            if not self._holds(connection, key, token):
-                return Fenced.LEASE_LOST
-            return Fenced.WRITTEN if self._delete_live(connection, key) else Fenced.MISSING
+        return self._write(_fenced_delete, key, token)
 
     def acquire_lease_and_get(
         self, key: str, token: str, ttl: float | None
     ) -> tuple[int | None, bytes | NoValue]:
-        with self._transaction() as connection:
-            fence = self._acquire(connection, key, token, ttl)
-            if fence is None:
-                return None, NO_VALUE
-            row = connection.execute(
-                f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}",
-                (key, _now())).fetchone()
-            return fence, NO_VALUE if row is None else bytes(row[0])
+        return self._write(_acquire_and_get, key, token, ttl)
 
     def fenced_set_and_release(self, key: str, value: bytes, token: str,
                                ttl: float | None) -> Fenced:
         self.check_size(key, value)
-        with self._transaction() as connection:
-            if not self._holds(connection, key, token):
-                return Fenced.LEASE_LOST
-            connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
-            self._release(connection, key, token)
-            return Fenced.WRITTEN
+        return self._write(_fenced_set_and_release, key, value, token, ttl)
+
+    updates_in_one_step = True
+
+    def update_value(self, key: str, change: Callable[[bytes | NoValue], bytes],
+                     ttl: float | None, lease_ttl: float | None) -> Fenced | None:
+        """One ``BEGIN IMMEDIATE`` transaction: fence, read, ``change``, write.
+
+        The file's write lock is the exclusion: no other connection can lease
+        or write anything until the commit, so ``change`` (the caller's ``fn``)
+        runs inside the transaction and no lease row is taken or released.
+        """
+        return self._write(self._update, key, change, ttl)
+
+    def _update(self, connection: sqlite3.Connection, key: str,
+                change: Callable[[bytes | NoValue], bytes], ttl: float | None) -> Fenced | None:
+        now = _now()
+        if connection.execute(_ADVANCE_FENCE, (key, now)).rowcount == 0 and \
+                connection.execute(_FIRST_FENCE, (key,)).rowcount == 0:
+            return None  # another holder's live lease: nothing changed
+        row = connection.execute(_GET_LIVE, (key, now)).fetchone()
+        changes = connection.total_changes
+        value = change(NO_VALUE if row is None else bytes(row[0]))
+        if connection.total_changes != changes and connection.execute(
+                f"SELECT 1 FROM kvs_lease WHERE key = ? AND {_LIVE_LEASE}",
+                (key, _now())).fetchone() is not None:
+            # change() itself (the caller's fn, in this transaction) took the
+            # key's lease: its writes stand, this one does not.
+            return Fenced.LEASE_LOST
+        self.check_size(key, value)
+        connection.execute(_UPSERT_DATA, (key, value, _expiry(now, ttl)))
+        return Fenced.WRITTEN
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         with self._errors:
@@ -602,11 +724,7 @@ class SQLiteBackend(LeaseBackend):
         return LeaseInfo(token=row[0], fence=int(row[2]), remaining=remaining)
 
     def break_lease(self, key: str) -> bool:
-        with self._transaction() as connection:
-            return connection.execute(
-                "UPDATE kvs_lease SET token = NULL, expires = NULL "
-                f"WHERE key = ? AND {_LIVE_LEASE}",
-                (key, _now())).rowcount == 1
+        return self._write(_break, key)
 
     def wait_for_release(self, key: str, timeout: float) -> None:
         # Other processes cannot wake us, so poll: 1 ms doubling to 20 ms,

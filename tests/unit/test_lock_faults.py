@@ -17,6 +17,9 @@ class LossyBackend(MemoryBackend):
 
     name = "test.lossy"
     lose: dict[str, int] = {}
+    # Replies get lost only across a network: update() takes the lease path
+    # (acquire + read, fenced write + release) as it does on Redis.
+    updates_in_one_step = False
 
     def _maybe_lose(self, call: str) -> None:
         if self.lose.get(call, 0) > 0:

@@ -558,11 +558,13 @@ def test_forked_child_never_closes_the_parents_connections(backend: SQLiteBacken
     opened = threading.Event()
     finish = threading.Event()
 
+    def write_and_wait(connection: sqlite3.Connection) -> None:
+        connection.execute(sqlite_module._UPSERT_DATA, ("held", b"parent", None))
+        opened.set()
+        finish.wait(60)
+
     def hold_a_transaction() -> None:
-        with backend._transaction() as connection:
-            connection.execute(sqlite_module._UPSERT_DATA, ("held", b"parent", None))
-            opened.set()
-            finish.wait(60)
+        backend._write(write_and_wait)
         backend.close()
 
     holder = threading.Thread(target=hold_a_transaction)
