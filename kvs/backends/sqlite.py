@@ -281,6 +281,7 @@ _T = TypeVar("_T")
 
 _GET_LIVE = f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}"
 _HOLDS = f"SELECT 1 FROM kvs_lease WHERE key = ? AND token = ? AND {_LIVE_LEASE}"
+_LEASED = f"SELECT 1 FROM kvs_lease WHERE key = ? AND {_LIVE_LEASE}"
 # A grant: only when no live lease is there (one statement for a known key).
 _GRANT = (f"UPDATE kvs_lease SET token = ?, expires = ?, fence = fence + 1 "
           f"WHERE key = ? AND NOT ({_LIVE_LEASE}) RETURNING fence")
@@ -385,7 +386,7 @@ def _acquire_and_get(connection: sqlite3.Connection, key: str, token: str,
     if fence is None:
         return None, NO_VALUE
     row = connection.execute(_GET_LIVE, (key, _now())).fetchone()
-    return fence, NO_VALUE if row is None else bytes(row[0])
+    return fence, NO_VALUE if row is None else row[0]
 
 
 def _fenced_set_and_release(connection: sqlite3.Connection, key: str, value: bytes,
@@ -615,10 +616,7 @@ class SQLiteBackend(LeaseBackend):
             self._errors.raise_for(exc)
         finally:
             _gate.exit()
-        if row is None:
-            return NO_VALUE
-        value = row[0]
-        return value if value.__class__ is bytes else bytes(value)
+        return NO_VALUE if row is None else row[0]  # a BLOB reads as bytes: no copy
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         unique = list(dict.fromkeys(keys))
@@ -701,10 +699,9 @@ class SQLiteBackend(LeaseBackend):
             return None  # another holder's live lease: nothing changed
         row = connection.execute(_GET_LIVE, (key, now)).fetchone()
         changes = connection.total_changes
-        value = change(NO_VALUE if row is None else bytes(row[0]))
-        if connection.total_changes != changes and connection.execute(
-                f"SELECT 1 FROM kvs_lease WHERE key = ? AND {_LIVE_LEASE}",
-                (key, _now())).fetchone() is not None:
+        value = change(NO_VALUE if row is None else row[0])
+        if connection.total_changes != changes and \
+                connection.execute(_LEASED, (key, _now())).fetchone() is not None:
             # change() itself (the caller's fn, in this transaction) took the
             # key's lease: its writes stand, this one does not.
             return Fenced.LEASE_LOST
