@@ -319,7 +319,7 @@ class KeyValueStore:
 
     def backend_key(self, key: str) -> str:
         """The key ``key`` is stored under in the backend (prefixed and mangled)."""
-        return self._key_mangler(manglers.check_key(key))
+        return self._key_mangler(key)
 
     def _ttl(self, ttl: float | None) -> float | None:
         if ttl is None:
@@ -330,7 +330,7 @@ class KeyValueStore:
         return checked
 
     def _decode(self, stored: Any) -> Any:
-        return NO_VALUE if stored is NO_VALUE else serializers.unpack(self._serializer, stored)
+        return NO_VALUE if stored is NO_VALUE else self._serializer.unpack(stored)
 
     def translate_error(self, exc: Exception, operation: str,
                         args: tuple[Any, ...]) -> BaseException | None:
@@ -391,10 +391,10 @@ class KeyValueStore:
         """Return the value of ``key``; raise :class:`~kvs.exception.NotFound` if missing."""
         try:  # the hot path: raise_translated instead of a @translated frame
             path = self._path or self._require_path()
-            stored = path.get(self._key_mangler(manglers.check_key(key)))
+            stored = path.get(self._key_mangler(key))
             if stored is NO_VALUE:
                 raise exception.NotFound(key, store=self.name)
-            return serializers.unpack(self._serializer, stored)
+            return self._serializer.unpack(stored)
         except Exception as exc:
             raise_translated(self, exc, "get", (key,))
 
@@ -410,16 +410,16 @@ class KeyValueStore:
     def get_multi(self, keys: Iterable[str]) -> list[Any]:
         """Values in key order; NotFound listing every missing key if any is missing."""
         path = self._require_path()
-        keys = [manglers.check_key(key) for key in keys]
+        keys = list(keys)
+        mangle = self._key_mangler  # checks every key before anything is read
+        mangled = [mangle(key) for key in keys]
         if not keys:
             return []
-        mangle, unpack, codec = self._key_mangler, serializers.unpack, self._serializer
-        values = [item if item is NO_VALUE else unpack(codec, item)
-                  for item in path.get_multi([mangle(key) for key in keys])]
-        if NO_VALUE in values:
-            missing = [key for key, value in zip(keys, values) if value is NO_VALUE]
+        stored = path.get_multi(mangled)
+        if NO_VALUE in stored:
+            missing = [key for key, item in zip(keys, stored) if item is NO_VALUE]
             raise exception.NotFound(missing, store=self.name)
-        return values
+        return self._serializer.unpack_many(stored)  # type: ignore[arg-type]  # none is NO_VALUE
 
     # -- writes -------------------------------------------------------------
 
@@ -428,7 +428,7 @@ class KeyValueStore:
         """Store ``value``.  With ``lock=``, only if that lease is still ours."""
         try:  # the hot path: raise_translated instead of a @translated frame
             path = self._path or self._require_path()
-            mangled = self._key_mangler(manglers.check_key(key))
+            mangled = self._key_mangler(key)
             ttl = self.default_ttl if ttl is None else self._ttl(ttl)
             if lock is None:
                 path.set(mangled, serializers.pack(self._serializer, value), ttl)
@@ -449,15 +449,15 @@ class KeyValueStore:
         """
         path = self._require_path()
         mapping = dict(mapping)
-        for key in mapping:
-            manglers.check_key(key)
+        mangle = self._key_mangler  # checks every key before anything is encoded
+        mangled = [mangle(key) for key in mapping]
         if not mapping:
             return
         ttl = self._ttl(ttl)
-        mangle, dumps, head = self._key_mangler, self._serializer.encode, serializers.header()
+        dumps, head = self._serializer.encode, serializers.header()
         encoded = {}
-        for key, value in mapping.items():
-            encoded[mangle(key)] = self._encode_named(key, head, dumps, value)
+        for backend_key, (key, value) in zip(mangled, mapping.items()):
+            encoded[backend_key] = self._encode_named(key, head, dumps, value)
         path.set_multi(encoded, ttl)
 
     def _encode_named(self, key: str, head: bytes, dumps: Callable[[Any], bytes | memoryview],
@@ -474,7 +474,7 @@ class KeyValueStore:
     def delete(self, key: str, lock: KeyValueStoreLock | None = None) -> None:
         """Delete ``key``; raise :class:`~kvs.exception.NotFound` if it does not exist."""
         path = self._require_path()
-        mangled = self._key_mangler(manglers.check_key(key))
+        mangled = self._key_mangler(key)
         if lock is not None and self._check_lock(key, lock):
             found = lock.fenced(
                 key, lambda token: path.fenced_delete(mangled, token)) is Fenced.WRITTEN
@@ -487,9 +487,9 @@ class KeyValueStore:
     def delete_multi(self, keys: Iterable[str]) -> None:
         """Delete every key that exists; missing keys are fine.  No lock."""
         path = self._require_path()
-        keys = [manglers.check_key(key) for key in keys]
-        if keys:
-            path.delete_multi([self._key_mangler(key) for key in keys])
+        mangled = [self._key_mangler(key) for key in keys]
+        if mangled:
+            path.delete_multi(mangled)
 
     # -- locking ------------------------------------------------------------
 
@@ -513,7 +513,7 @@ class KeyValueStore:
     def lease_info(self, key: str) -> LeaseInfo | None:
         """Who holds the lease on ``key`` right now (token, fence, time left)."""
         path = self._require_path()
-        return path.leases.lease_info(self._key_mangler(manglers.check_key(key)))
+        return path.leases.lease_info(self._key_mangler(key))
 
     def break_lock(self, key: str) -> bool:
         """Operator override: drop the lease on ``key`` whoever holds it.
@@ -523,7 +523,7 @@ class KeyValueStore:
         """
         path = self._require_path()
         leases: Any = path.leases
-        return bool(leases.break_lease(self._key_mangler(manglers.check_key(key))))
+        return bool(leases.break_lease(self._key_mangler(key)))
 
     def update(self, key: str, fn: Callable[[Any], Any], default: Any = _NO_DEFAULT,
                ttl: float | None = None) -> Any:
@@ -582,7 +582,7 @@ class KeyValueStore:
         def change(stored: Any) -> bytes:
             started = time.monotonic()
             if stored is not NO_VALUE:
-                current = serializers.unpack(serializer, stored)
+                current = serializer.unpack(stored)
             elif default is _NO_DEFAULT:
                 raise exception.NotFound(key, store=self.name)
             else:
@@ -633,7 +633,7 @@ class KeyValueStore:
             stored = lock.acquire_and_get(backend)
             try:
                 if stored is not NO_VALUE:
-                    current = serializers.unpack(self._serializer, stored)
+                    current = self._serializer.unpack(stored)
                 elif default is _NO_DEFAULT:
                     raise exception.NotFound(key, store=self.name)
                 else:

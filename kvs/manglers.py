@@ -56,22 +56,25 @@ def _forget_oldest(remembered: dict[str, str]) -> None:
 
 
 def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
-    """Build the region's mangler: ``prefix:`` + ``mangler(key)``.
+    """Build the store's mangler: check the key, then ``prefix:`` + ``mangler(key)``.
 
-    Hashing costs about as much as a memory-backend read, and services read
-    the same keys again and again, so short keys' results are remembered.
+    It raises InvalidKey as :func:`check_key` does, so the store needs no
+    separate check.  Hashing costs about as much as a memory-backend read,
+    and services read the same keys again and again, so short keys' results
+    are remembered; a remembered key was checked when it was first seen.
     Manglers must therefore be pure functions of the key.
     """
     head = f"{prefix}:" if prefix else ""
     if mangler is None:
-        return lambda key: head + key
+        return lambda key: head + check_key(key)
     remembered: dict[str, str] = {}
 
     def mangle(key: str) -> str:
-        mangled = remembered.get(key)
-        if mangled is not None:
-            return mangled
-        mangled = head + mangler(key)
+        if type(key) is str:  # anything else is checked (and refused) below
+            mangled = remembered.get(key)
+            if mangled is not None:
+                return mangled
+        mangled = head + mangler(check_key(key))
         if len(key) <= CACHED_KEY_LENGTH:
             if len(remembered) >= CACHE_SIZE:
                 _forget_oldest(remembered)

@@ -50,6 +50,41 @@ class Serializer:
     def loads(self, data: bytes | memoryview) -> Any:
         raise NotImplementedError
 
+    def unpack(self, data: bytes) -> Any:
+        """Decode one stored value (``metadata|payload``); CorruptValue on foreign bytes.
+
+        The metadata header is checked for shape only: kvs does not use its
+        creation time, and parsing it as JSON would cost more than the payload.
+        """
+        try:
+            return self.loads(_payload(data))
+        except exception.CorruptValue:
+            raise
+        except Exception as exc:  # every decoder has its own exception zoo
+            raise _undecodable(self.name, exc) from None
+
+    def unpack_many(self, items: list[bytes]) -> list[Any]:
+        """:meth:`unpack` of every item, in order."""
+        unpack = self.unpack
+        return [unpack(item) for item in items]
+
+
+#: Payloads at least this long are decoded from a view instead of a copy.
+_VIEW_FROM = 65536
+
+
+def _payload(data: bytes) -> bytes | memoryview:
+    """The payload after dogpile's metadata header ``{...}|``, checked for shape."""
+    end = data.find(b"|", 0, 128)
+    if end < 2 or data[0] != 0x7B or data[end - 1] != 0x7D:  # b"{...}|"
+        raise exception.CorruptValue("stored bytes are not a kvs value (no metadata header)")
+    return data[end + 1:] if len(data) < _VIEW_FROM else memoryview(data)[end + 1:]
+
+
+def _undecodable(codec: str, exc: BaseException) -> exception.CorruptValue:
+    return exception.CorruptValue(
+        f"stored bytes cannot be decoded with {codec}: {type(exc).__name__}")
+
 
 #: msgpack extension type for ints beyond 64 bits, stored as decimal ASCII.
 _BIG_INT = 1
@@ -144,6 +179,56 @@ class MsgpackSerializer(Serializer):
     def loads(self, data: bytes | memoryview) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
 
+    def unpack(self, data: bytes) -> Any:
+        # The hot path of every read: _payload and loads written out (a call
+        # frame each costs as much as the header check).
+        end = data.find(b"|", 0, 128)
+        if end < 2 or data[0] != 0x7B or data[end - 1] != 0x7D:  # b"{...}|"
+            raise exception.CorruptValue("stored bytes are not a kvs value (no metadata header)")
+        try:
+            return msgpack.unpackb(data[end + 1:] if len(data) < _VIEW_FROM
+                                   else memoryview(data)[end + 1:],
+                                   raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
+        except Exception as exc:
+            raise _undecodable(self.name, exc) from None
+
+    def unpack_many(self, items: list[bytes]) -> list[Any]:
+        """One unpacker for all items: an ``unpackb`` call each costs twice the decoding.
+
+        The payloads are fed as one buffer, and each must end exactly where
+        the next begins: a truncated one, or one with bytes left over, is
+        refused, so two damaged values can never borrow bytes from each other
+        and decode as something else.
+        """
+        payloads = []
+        ends = []
+        end_of_item = 0
+        for data in items:
+            # The header check of _payload in its cheapest form (this loop is
+            # a fifth of the whole call).
+            head, bar, payload = data.partition(b"}|")
+            if not bar or head[:1] != b"{":
+                raise exception.CorruptValue(
+                    "stored bytes are not a kvs value (no metadata header)")
+            payloads.append(payload)
+            end_of_item += len(payload)
+            ends.append(end_of_item)
+        # The limits unpackb takes from its input: a damaged length prefix
+        # never makes the unpacker allocate more than the bytes it was given.
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_msgpack_ext,
+                                    max_buffer_size=end_of_item + 1)
+        unpacker.feed(b"".join(payloads))
+        unpack, tell = unpacker.unpack, unpacker.tell
+        values = []
+        try:
+            for end_of_item in ends:
+                values.append(unpack())
+                if tell() != end_of_item:
+                    raise msgpack.ExtraData(None, None)
+        except Exception as exc:
+            raise _undecodable(self.name, exc) from None
+        return values
+
 
 def _check_json_keys(value: Any) -> None:
     """json.dumps silently turns 1 or None keys into "1" and "null": refuse them."""
@@ -218,9 +303,7 @@ def checked_loads(serializer: Serializer) -> Callable[[bytes], Any]:
         try:
             return serializer.loads(data)
         except Exception as exc:  # every decoder has its own exception zoo
-            raise exception.CorruptValue(
-                f"stored bytes cannot be decoded with {serializer.name}: "
-                f"{type(exc).__name__}") from None
+            raise _undecodable(serializer.name, exc) from None
 
     return loads
 
@@ -249,23 +332,6 @@ def pack(serializer: Serializer, value: Any) -> bytes:
     return header() + serializer.encode(value)
 
 
-#: Payloads at least this long are decoded from a view instead of a copy.
-_VIEW_FROM = 65536
-
-
 def unpack(serializer: Serializer, data: bytes) -> Any:
-    """Decode dogpile's wire format; raises CorruptValue on foreign bytes.
-
-    The metadata header is checked for shape only: kvs does not use its
-    creation time, and parsing it as JSON would cost more than the payload.
-    """
-    end = data.find(b"|", 0, 128)
-    if end < 2 or data[0] != 0x7B or data[end - 1] != 0x7D:  # b"{...}|"
-        raise exception.CorruptValue("stored bytes are not a kvs value (no metadata header)")
-    payload = data[end + 1:] if len(data) < _VIEW_FROM else memoryview(data)[end + 1:]
-    try:
-        return serializer.loads(payload)
-    except Exception as exc:  # any decoder failure means foreign or damaged bytes
-        raise exception.CorruptValue(
-            f"stored bytes cannot be decoded with {serializer.name}: "
-            f"{type(exc).__name__}") from None
+    """Decode dogpile's wire format; raises CorruptValue on foreign bytes."""
+    return serializer.unpack(data)

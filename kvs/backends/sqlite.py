@@ -147,11 +147,14 @@ class _ForkGate:
     Thread-safe without a lock on the hot path: a caller marks itself busy
     *before* it looks at the forking flag, and the forker raises the flag
     *before* it looks for busy callers, so under the GIL one of them always
-    sees the other.
+    sees the other.  The busy marks are one list of thread idents (a thread
+    inside several calls at once appears once per call): ``list.append`` and
+    ``list.remove`` are single atomic steps under the GIL, and cheaper than a
+    per-thread depth count.
     """
 
     def __init__(self) -> None:
-        self._busy: dict[int, int] = {}  # thread ident -> nesting depth
+        self.busy: list[int] = []  # one thread ident per call in flight
         self._forking = False
         self._forker = 0  # the thread that forks never waits for itself
         self._resume = threading.Event()
@@ -159,20 +162,22 @@ class _ForkGate:
 
     def enter(self) -> None:
         ident = threading.get_ident()
-        depth = self._busy.get(ident, 0)
-        self._busy[ident] = depth + 1
-        while self._forking and depth == 0 and ident != self._forker:
-            del self._busy[ident]
+        self.busy.append(ident)
+        if self._forking and ident != self._forker:
+            self._hold(ident)
+
+    def _hold(self, ident: int) -> None:
+        """Wait out a fork, unless this thread is already inside (the fork waits for it)."""
+        busy = self.busy
+        if busy.count(ident) > 1:
+            return
+        while self._forking:
+            busy.remove(ident)
             self._resume.wait()
-            self._busy[ident] = 1
+            busy.append(ident)
 
     def exit(self) -> None:
-        ident = threading.get_ident()
-        depth = self._busy.get(ident, 1) - 1
-        if depth:
-            self._busy[ident] = depth
-        else:
-            self._busy.pop(ident, None)
+        self.busy.remove(threading.get_ident())
 
     def before_fork(self) -> None:
         me = threading.get_ident()
@@ -180,7 +185,7 @@ class _ForkGate:
         self._resume.clear()
         self._forking = True
         deadline = time.monotonic() + FORK_WAIT
-        while any(ident != me for ident in list(self._busy)):
+        while any(ident != me for ident in list(self.busy)):
             if time.monotonic() >= deadline:
                 LOG.warning("forking while a thread is still inside SQLite after %s s; the "
                             "child may find the file locked", FORK_WAIT)
@@ -192,9 +197,9 @@ class _ForkGate:
         self._resume.set()
 
     def after_fork_in_child(self) -> None:
-        # The other threads are gone; only this one's own depth is real.
+        # The other threads are gone; only this one's own calls are real.
         me = threading.get_ident()
-        self._busy = {me: self._busy[me]} if me in self._busy else {}
+        self.busy = [ident for ident in self.busy if ident == me]
         self._forking = False
         self._resume = threading.Event()
         self._resume.set()
@@ -460,6 +465,10 @@ class SQLiteBackend(LeaseBackend):
             # A new thread, a closed connection or a forked child (getpid()
             # would be a system call on every use; the fork hook counts).
             local.connection = self._open()
+            # One cursor kept for single-row reads: a cursor object per call
+            # costs a tenth of a read.  Each read steps its row to the end, so
+            # the statement is reset and holds no snapshot between calls.
+            local.reader = local.connection.cursor()
             local.generation = _generation
         connection: sqlite3.Connection = local.connection
         return connection
@@ -531,7 +540,7 @@ class SQLiteBackend(LeaseBackend):
         if connection is not None and getattr(local, "generation", -1) == _generation:
             with self._errors:
                 connection.close()
-        local.connection = None
+        local.connection = local.reader = None
         local.generation = -1
 
     def translate_file_error(self, exc: Exception) -> exception.KVSError | None:
@@ -608,10 +617,12 @@ class SQLiteBackend(LeaseBackend):
 
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
         # The hot path: the gate and the translation written out (see _Calls).
-        connection = self._connection()
+        local = self._local
+        if getattr(local, "generation", -1) != _generation:
+            self._connection()
         _gate.enter()
         try:
-            row = connection.execute(_GET_LIVE, (key, _now())).fetchone()
+            row = local.reader.execute(_GET_LIVE, (key, _now())).fetchone()
         except Exception as exc:
             self._errors.raise_for(exc)
         finally:
