@@ -435,7 +435,10 @@ class KeyValueStore:
                 return
             if self._check_lock(key, lock):
                 data = serializers.pack(self._serializer, value)
-                lock.fenced(key, lambda token: path.fenced_set(mangled, data, token, ttl))
+                # lock.fenced(), written out: this is every locked write's path.
+                token = lock.write_token(key)
+                if path.fenced_set(mangled, data, token, ttl) is Fenced.LEASE_LOST:
+                    lock.lose()
             else:  # locking=False: key and timeout checked, plain write
                 path.set(mangled, serializers.pack(self._serializer, value), ttl)
         except Exception as exc:
@@ -499,16 +502,16 @@ class KeyValueStore:
 
         ``lock_timeout``/``lock_wait_timeout`` override the store's for this lock.
         """
-        path = self._require_path()
-        manglers.check_key(key)
-        maximum = self._max_duration()
-        timeout = (self.lock_timeout if lock_timeout is None
-                   else durations.seconds("lock_timeout", lock_timeout, maximum - 2))
-        wait = (self.lock_wait_timeout if lock_wait_timeout is None
-                else durations.seconds("lock_wait_timeout", lock_wait_timeout, maximum))
-        return KeyValueStoreLock(path.leases, key, self._key_mangler(key), timeout, wait,
-                                 enabled=self.locking, store=self.name,
-                                 max_duration=self._max_duration)
+        path = self._path or self._require_path()
+        mangled = self._key_mangler(key)  # checks the key
+        timeout, wait = self.lock_timeout, self.lock_wait_timeout
+        if lock_timeout is not None:
+            timeout = durations.seconds("lock_timeout", lock_timeout, self._max_duration() - 2)
+        if lock_wait_timeout is not None:
+            wait = durations.seconds("lock_wait_timeout", lock_wait_timeout,
+                                     self._max_duration())
+        return KeyValueStoreLock(path.leases, key, mangled, timeout, wait, self.locking,
+                                 self.name, self._max_duration)
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         """Who holds the lease on ``key`` right now (token, fence, time left)."""
@@ -535,17 +538,17 @@ class KeyValueStore:
         lease is lost meanwhile.
         """
         path = self._require_path()
-        manglers.check_key(key)
-        ttl = self._ttl(ttl)
+        mangled = self._key_mangler(key)  # checks the key
+        ttl = self.default_ttl if ttl is None else self._ttl(ttl)
+        backend = path.backend
         if self.locking:
+            if backend is not None:  # nothing in between: the backend carries every write
+                if backend.updates_in_one_step:
+                    return self._update_in_one_step(backend, key, mangled, fn, default, ttl)
+                return self._update_in_two_round_trips(backend, self.get_lock(key), fn,
+                                                       default, ttl)
             # Refuse before fn runs (and has side effects), not at the write.
             path.check_fenced_write(ttl)
-        backend = path.backend
-        if backend is not None and self.locking:
-            if backend.updates_in_one_step:
-                return self._update_in_one_step(backend, key, fn, default, ttl)
-            return self._update_in_two_round_trips(backend, self.get_lock(key), fn, default,
-                                                   ttl)
         lock = self.get_lock(key)
         lock.acquire()
         try:
@@ -563,8 +566,8 @@ class KeyValueStore:
         lock.release()
         return new
 
-    def _update_in_one_step(self, backend: LeaseBackend, key: str, fn: Callable[[Any], Any],
-                            default: Any, ttl: float | None) -> Any:
+    def _update_in_one_step(self, backend: LeaseBackend, key: str, mangled: str,
+                            fn: Callable[[Any], Any], default: Any, ttl: float | None) -> Any:
         """update() on a backend that runs it atomically in one step (sqlite, memory).
 
         The same rules as under a lease: another holder's lease makes it wait
@@ -574,8 +577,10 @@ class KeyValueStore:
         """
         serializer = self._serializer
         lock_timeout = self.lock_timeout
-        budget = lock_timeout - safety_window(lock_timeout) if lock_timeout else None
-        lease_ttl = lock_timeout + safety_window(lock_timeout) if lock_timeout else None
+        budget = lease_ttl = None
+        if lock_timeout:
+            window = safety_window(lock_timeout)
+            budget, lease_ttl = lock_timeout - window, lock_timeout + window
         result: list[Any] = []
         failed: list[BaseException] = []
 
@@ -601,7 +606,6 @@ class KeyValueStore:
             return serializers.pack(serializer, new)
 
         try:
-            mangled = self._key_mangler(key)
             deadline = None
             while True:
                 outcome = backend.update_value(mangled, change, ttl, lease_ttl)

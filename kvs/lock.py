@@ -27,12 +27,13 @@ and backends are thread-safe.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
@@ -53,6 +54,27 @@ PROVISIONAL_LEASE = 10.0
 def safety_window(lock_timeout: float) -> float:
     """Seconds between the holder's expiry and the backend's (each side of T)."""
     return min(MAX_LOCK_WINDOW, lock_timeout / 4.0)
+
+
+# Tokens: 64 random bits drawn once per process, then a counter.  Unique
+# across processes, restarts and forks (a child draws new bits) without a
+# system call per acquisition, which costs more than a memory-backend lease.
+_token_prefix = os.urandom(8).hex()
+_token_counter = itertools.count(1)
+
+
+def new_token() -> str:
+    """A token no other acquisition anywhere has (hex digits only)."""
+    return f"{_token_prefix}{next(_token_counter):x}"
+
+
+def _new_token_source_in_child() -> None:
+    global _token_prefix, _token_counter
+    _token_prefix = os.urandom(8).hex()
+    _token_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_token_source_in_child)
 
 
 class LockState(enum.Enum):
@@ -159,12 +181,30 @@ class KeyValueStoreLock:
 
         Raises :class:`~kvs.exception.LockAcquireTimeout` when the wait runs out.
         """
-        def attempt() -> int | None:
-            assert self.token is not None
-            return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
-
-        self._acquire(attempt)
+        state = self._state
+        if state is _HELD or state is _LOST or not self.enabled or self.lock_timeout == 0:
+            self._acquire(self._attempt)
+            return self
+        # The hot path, _acquire written out for a free lease with a timeout.
+        self.token = token = new_token()
+        timeout = self.lock_timeout
+        window = MAX_LOCK_WINDOW if timeout >= 4 * MAX_LOCK_WINDOW else timeout / 4.0
+        started = time.monotonic()
+        try:
+            fence = self._leases.acquire_lease(self.lease_key, token, timeout + window)
+        except exception.BackendUnavailable:
+            fence = self._retry(self._attempt)
+        if fence is None:
+            self._acquire(self._attempt, first_token=token)  # wait for the holder, then retry
+            return self
+        self.fence = fence
+        self._state = _HELD
+        self._valid_until = started + timeout - window
         return self
+
+    def _attempt(self) -> int | None:
+        assert self.token is not None
+        return self._leases.acquire_lease(self.lease_key, self.token, self._backend_ttl())
 
     def acquire_and_get(self, backend: LeaseBackend) -> bytes | NoValue:
         """``acquire()`` and read the key's stored bytes in one backend round trip.
@@ -184,20 +224,26 @@ class KeyValueStoreLock:
         self._acquire(attempt)
         return stored
 
-    def _acquire(self, attempt: Callable[[], int | None]) -> None:
-        if self._state is _HELD or self._state is _LOST:
-            raise RuntimeError(f"lock on key {self.key!r} is already acquired (not re-entrant)")
-        self.token = os.urandom(16).hex()  # 128 random bits, cheaper than uuid4
-        if not self.enabled:
-            self._start(0, time.monotonic())
-            return
-        deadline = time.monotonic() + self.lock_wait_timeout
-        while True:
-            started = time.monotonic()
-            fence = self._attempt_with_retry(attempt)
-            if fence is not None and (self.lock_timeout != 0 or self._confirm_permanent()):
-                self._start(fence, started)
+    def _acquire(self, attempt: Callable[[], int | None], first_token: str | None = None) -> None:
+        """Take the lease.  ``first_token``: acquire() already tried with it and found it held."""
+        if first_token is None:
+            if self._state is _HELD or self._state is _LOST:
+                raise RuntimeError(
+                    f"lock on key {self.key!r} is already acquired (not re-entrant)")
+            self.token = new_token()
+            if not self.enabled:
+                self._start(0, time.monotonic())
                 return
+        deadline = time.monotonic() + self.lock_wait_timeout
+        tried = first_token is not None
+        while True:
+            if not tried:
+                started = time.monotonic()
+                fence = self._attempt_with_retry(attempt)
+                if fence is not None and (self.lock_timeout != 0 or self._confirm_permanent()):
+                    self._start(fence, started)
+                    return
+            tried = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise exception.LockAcquireTimeout(
@@ -216,7 +262,10 @@ class KeyValueStoreLock:
         try:
             return attempt()
         except exception.BackendUnavailable:
-            pass
+            return self._retry(attempt)
+
+    def _retry(self, attempt: Callable[[], int | None]) -> int | None:
+        """The second and last attempt; if it fails too, give the lease back."""
         try:
             return attempt()
         except exception.BackendUnavailable:
@@ -316,15 +365,27 @@ class KeyValueStoreLock:
         nothing was written.  Otherwise the outcome (``WRITTEN``, or
         ``MISSING`` for a delete) is returned.
         """
+        outcome = write(self.write_token(for_key))
+        if outcome is Fenced.LEASE_LOST:
+            self.lose()
+        return outcome
+
+    def write_token(self, for_key: str) -> str:
+        """The token for one fenced write to ``for_key``, once :meth:`check` passes.
+
+        The caller sends the write with it and calls :meth:`lose` if the
+        backend answers ``LEASE_LOST`` (this is :meth:`fenced` written out).
+        """
         self.check(for_key=for_key)
         assert self.token is not None
-        outcome = write(self.token)
-        if outcome is Fenced.LEASE_LOST:
-            self._state = LockState.LOST
-            raise exception.LeaseLost(
-                f"lease on key {self.key!r} in store {self.store!r} expired or was taken "
-                f"over; nothing was written", key=self.key, store=self.store)
-        return outcome
+        return self.token
+
+    def lose(self) -> NoReturn:
+        """The backend refused a fenced write: the lock is LOST; raise LeaseLost."""
+        self._state = LockState.LOST
+        raise exception.LeaseLost(
+            f"lease on key {self.key!r} in store {self.store!r} expired or was taken "
+            f"over; nothing was written", key=self.key, store=self.store)
 
     def fenced_and_release(self, write: Callable[[str], Fenced]) -> Fenced:
         """:meth:`fenced` for a write that also gives the lease back (``update()``)."""

@@ -153,13 +153,15 @@ class MsgpackSerializer(Serializer):
     def dumps(self, value: Any) -> bytes:
         return bytes(self.encode(value))
 
-    def encode(self, value: Any) -> memoryview:
-        """The encoding as a view, without a copy (``pack`` copies it once, with the header).
+    def encode(self, value: Any) -> bytes | memoryview:
+        """The encoding; for large values a view, without a copy (``pack``
+        copies it once, with the header).  For small ones a copy costs less
+        than making a view.
 
-        Packed inside a one-item list whose one-byte header the view leaves
-        out: the packer accepts exactly one level more than the unpacker reads
-        (1,025 against 1,024), so a value too deep to be read back fails here,
-        before anything is written, without walking the value.
+        Packed inside a one-item list whose one-byte header is left out: the
+        packer accepts exactly one level more than the unpacker reads (1,025
+        against 1,024), so a value too deep to be read back fails here, before
+        anything is written, without walking the value.
         """
         try:
             packer = _local.packer
@@ -174,7 +176,7 @@ class MsgpackSerializer(Serializer):
                 reason = f"it nests deeper than {MAX_DEPTH['msgpack']} levels"
             raise exception.SerializationError(
                 f"cannot serialize a {type(value).__name__} with msgpack: {reason}") from None
-        return memoryview(wrapped)[1:]
+        return wrapped[1:] if len(wrapped) < _VIEW_FROM else memoryview(wrapped)[1:]
 
     def loads(self, data: bytes | memoryview) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)

@@ -301,10 +301,13 @@ class LeaseBackend(BytesBackend, abc.ABC):
         """Read-modify-write ``key`` in one atomic step, as if under a lease.
 
         If another token holds a live lease on ``key``, return ``None`` at once
-        (nothing called, nothing written).  Otherwise advance the key's fence,
-        exactly as a grant does, call ``change(stored)`` once with the stored
-        bytes (``NO_VALUE`` when missing) while nobody else can lease or write
-        the key, and write what it returns with ``ttl``: ``Fenced.WRITTEN``.
+        (nothing called, nothing written).  Otherwise call ``change(stored)``
+        once with the stored bytes (``NO_VALUE`` when missing) while nobody
+        else can lease or write the key, and write what it returns with
+        ``ttl``: ``Fenced.WRITTEN``.  A backend that takes a lease for this
+        advances the key's fence as any grant does; one whose exclusion is a
+        transaction grants nothing, and the next grant's fence is still above
+        every earlier one.
         ``Fenced.LEASE_LOST`` means the exclusion was broken meanwhile
         (``break_lease``) and nothing was written.  If ``change`` raises,
         nothing is written and the error propagates.  ``lease_ttl`` bounds how

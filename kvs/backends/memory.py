@@ -143,16 +143,17 @@ class MemoryBackend(LeaseBackend):
 
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
         with self._lock:
-            holder = self._holder(key, time.monotonic())
-            if holder is not None and holder != token:
-                return None
-            if holder == token:
-                # A retry of an acquire whose reply was lost: same lease, same fence.
-                self._leases[key] = (token, _deadline(ttl))
-                return self._fences[key]
+            if key in self._leases:
+                holder = self._holder(key, time.monotonic())
+                if holder is not None and holder != token:
+                    return None
+                if holder == token:
+                    # A retry of an acquire whose reply was lost: same lease, same fence.
+                    self._leases[key] = (token, _deadline(ttl))
+                    return self._fences[key]
             fence = self._fences.get(key, 0) + 1
             self._fences[key] = fence
-            self._leases[key] = (token, _deadline(ttl))
+            self._leases[key] = (token, None if ttl is None else time.monotonic() + ttl)
             return fence
 
     def release_lease(self, key: str, token: str) -> bool:
@@ -160,7 +161,8 @@ class MemoryBackend(LeaseBackend):
             if self._holder(key, time.monotonic()) != token:
                 return False
             del self._leases[key]
-            self._wake()
+            if self._waiting:  # _wake, inlined
+                self._changed.notify_all()
             return True
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
@@ -180,7 +182,9 @@ class MemoryBackend(LeaseBackend):
             return True
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
-        self.check_size(key, value)
+        limit = self.max_value_size  # check_size, inlined: every locked write comes here
+        if limit is not None and len(value) > limit:
+            self.check_size(key, value)
         with self._lock:
             if self._holder(key, time.monotonic()) != token:
                 return Fenced.LEASE_LOST

@@ -10,10 +10,11 @@ Layout (two tables, created on first open)::
     kvs_data   key -> value (bytes), expires
     kvs_lease  key -> token (NULL when free), expires, fence
 
-Every write, and every lease call, runs in a ``BEGIN IMMEDIATE`` transaction:
-it takes the write lock first, then reads the lease row, then writes.  So the
-lease check and the write it guards are one atomic step for every process on
-the host, and a fenced write never lands under a lease that expired or moved.
+Every write, and every lease call, is one ``BEGIN IMMEDIATE`` transaction or
+one write statement on its own (which SQLite runs the same way): it takes the
+write lock first, then reads the lease row, then writes.  So the lease check
+and the write it guards are one atomic step for every process on the host, and
+a fenced write never lands under a lease that expired or moved.
 
 A lease row is never deleted: releasing it only clears the token, so the fence
 counter of a key keeps growing across releases, expiries and processes.
@@ -292,12 +293,20 @@ _GRANT = (f"UPDATE kvs_lease SET token = ?, expires = ?, fence = fence + 1 "
           f"WHERE key = ? AND NOT ({_LIVE_LEASE}) RETURNING fence")
 _FIRST_GRANT = ("INSERT INTO kvs_lease (key, token, expires, fence) VALUES (?, ?, ?, 1) "
                 "ON CONFLICT (key) DO NOTHING RETURNING fence")
-# update()'s grant: the fence advances, the lease stays free (the transaction
-# itself is the exclusion).
-_ADVANCE_FENCE = (f"UPDATE kvs_lease SET token = NULL, expires = NULL, fence = fence + 1 "
-                  f"WHERE key = ? AND NOT ({_LIVE_LEASE})")
-_FIRST_FENCE = ("INSERT INTO kvs_lease (key, token, expires, fence) VALUES (?, NULL, NULL, 1) "
-                "ON CONFLICT (key) DO NOTHING")
+# update()'s read: whether another holder's lease is live, and the value, in
+# one statement.  update() takes no lease row: its transaction is the exclusion.
+_LEASED_AND_VALUE = (
+    "SELECT (SELECT 1 FROM kvs_lease WHERE key = ?1 AND token IS NOT NULL "
+    "AND (expires IS NULL OR expires > ?2)), "
+    "(SELECT value FROM kvs_data WHERE key = ?1 AND (expires IS NULL OR expires > ?2))")
+# A fenced write in one statement: the upsert of the value, only while the
+# token's lease is live.  (SQLite needs the WHERE to parse INSERT ... SELECT
+# ... ON CONFLICT.)
+_FENCED_UPSERT = (
+    "INSERT INTO kvs_data (key, value, expires) SELECT ?1, ?2, ?3 WHERE EXISTS ("
+    "SELECT 1 FROM kvs_lease WHERE key = ?1 AND token = ?4 "
+    "AND (expires IS NULL OR expires > ?5)) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires")
 _RELEASE = ("UPDATE kvs_lease SET token = NULL, expires = NULL "
             f"WHERE key = ? AND token = ? AND {_LIVE_LEASE}")
 
@@ -309,6 +318,10 @@ def _get_many(count: int) -> str:
 
 
 # The work of each write transaction, run by SQLiteBackend._write.
+
+def _nothing(connection: sqlite3.Connection) -> None:
+    """A write transaction's work when it exists only for its purge."""
+
 
 def _upsert(connection: sqlite3.Connection, key: str, value: bytes, ttl: float | None) -> None:
     connection.execute(_UPSERT_DATA, (key, value, _expiry(_now(), ttl)))
@@ -369,14 +382,6 @@ def _persist(connection: sqlite3.Connection, key: str, token: str) -> bool:
     return connection.execute(
         f"UPDATE kvs_lease SET expires = NULL WHERE key = ? AND token = ? AND {_LIVE_LEASE}",
         (key, token, _now())).rowcount == 1
-
-
-def _fenced_set(connection: sqlite3.Connection, key: str, value: bytes, token: str,
-                ttl: float | None) -> Fenced:
-    if not _holds(connection, key, token):
-        return Fenced.LEASE_LOST
-    _upsert(connection, key, value, ttl)
-    return Fenced.WRITTEN
 
 
 def _fenced_delete(connection: sqlite3.Connection, key: str, token: str) -> Fenced:
@@ -582,6 +587,31 @@ class SQLiteBackend(LeaseBackend):
             connection.execute("RELEASE kvs_nested" if nested else "COMMIT")
             return result
 
+    def _write_counting(self, statement: str, args: tuple[Any, ...]) -> int:
+        """One write statement on its own; the number of rows it changed.
+
+        Atomic without a BEGIN: a write statement takes the file's write lock
+        before it reads anything, exactly as ``BEGIN IMMEDIATE`` does, and
+        commits when it ends (inside an update()'s ``fn`` it joins that
+        transaction).  A due purge runs first, in a transaction of its own.
+        """
+        if time.monotonic() >= self._next_purge:
+            self._write(_nothing)
+        connection = self._connection()
+        with self._errors:
+            return connection.execute(statement, args).rowcount
+
+    def _write_returning(self, statement: str, args: tuple[Any, ...]) -> Any:
+        """:meth:`_write_counting` for a statement with ``RETURNING``: its first row or None.
+
+        Fetching the row steps the statement to its end, which commits it.
+        """
+        if time.monotonic() >= self._next_purge:
+            self._write(_nothing)
+        connection = self._connection()
+        with self._errors:
+            return connection.execute(statement, args).fetchone()
+
     @staticmethod
     def _roll_back(connection: sqlite3.Connection, nested: bool) -> None:
         if nested:
@@ -662,10 +692,16 @@ class SQLiteBackend(LeaseBackend):
     # -- leases -------------------------------------------------------------
 
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
+        now = _now()
+        row = self._write_returning(_GRANT, (token, _expiry(now, ttl), key, now))
+        if row is not None:  # the common case: a known key, free
+            return int(row[0])
+        # The first grant of a key, a retry, or a live lease: the full transaction.
         return self._write(_acquire, key, token, ttl)
 
     def release_lease(self, key: str, token: str) -> bool:
-        return self._write(_release, key, token)
+        # Keep the row: its fence must outlive the lease.
+        return self._write_counting(_RELEASE, (key, token, _now())) == 1
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         return self._write(_extend, key, token, ttl)
@@ -675,7 +711,9 @@ class SQLiteBackend(LeaseBackend):
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
-        return self._write(_fenced_set, key, value, token, ttl)
+        now = _now()
+        written = self._write_counting(_FENCED_UPSERT, (key, value, _expiry(now, ttl), token, now))
+        return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
         return self._write(_fenced_delete, key, token)
@@ -694,23 +732,23 @@ class SQLiteBackend(LeaseBackend):
 
     def update_value(self, key: str, change: Callable[[bytes | NoValue], bytes],
                      ttl: float | None, lease_ttl: float | None) -> Fenced | None:
-        """One ``BEGIN IMMEDIATE`` transaction: fence, read, ``change``, write.
+        """One ``BEGIN IMMEDIATE`` transaction: lease check and read, ``change``, write.
 
         The file's write lock is the exclusion: no other connection can lease
         or write anything until the commit, so ``change`` (the caller's ``fn``)
-        runs inside the transaction and no lease row is taken or released.
+        runs inside the transaction, and no lease is granted, so no fence is
+        handed out (the next grant's fence is still above every earlier one).
         """
         return self._write(self._update, key, change, ttl)
 
     def _update(self, connection: sqlite3.Connection, key: str,
                 change: Callable[[bytes | NoValue], bytes], ttl: float | None) -> Fenced | None:
         now = _now()
-        if connection.execute(_ADVANCE_FENCE, (key, now)).rowcount == 0 and \
-                connection.execute(_FIRST_FENCE, (key,)).rowcount == 0:
+        leased, stored = connection.execute(_LEASED_AND_VALUE, (key, now)).fetchone()
+        if leased is not None:
             return None  # another holder's live lease: nothing changed
-        row = connection.execute(_GET_LIVE, (key, now)).fetchone()
         changes = connection.total_changes
-        value = change(NO_VALUE if row is None else row[0])
+        value = change(NO_VALUE if stored is None else stored)
         if connection.total_changes != changes and \
                 connection.execute(_LEASED, (key, _now())).fetchone() is not None:
             # change() itself (the caller's fn, in this transaction) took the
