@@ -28,6 +28,7 @@ from benchmarks.backends import BackendSetup
 from benchmarks.baselines import RawRedis
 from benchmarks.pool import WorkerError, run_workers
 from benchmarks.subjects import Section, Subject
+from benchmarks.targets import KVS_UPDATE_VARIANT, RAW_SQLITE_VARIANT
 from benchmarks.timing import percentile
 
 #: Contending workers (processes; threads for the memory backend).
@@ -77,8 +78,12 @@ def variants_for(setup: BackendSetup, redis_port: int | None) -> list[Variant]:
     def kvs_subject() -> Subject:
         return setup.kvs_subject(store_name, lock_wait_timeout=LOCK_WAIT_TIMEOUT)
 
-    found = [Variant(setup.name, "kvs update()", kvs_subject, "update"),
+    found = [Variant(setup.name, KVS_UPDATE_VARIANT, kvs_subject, "update"),
              Variant(setup.name, "kvs get_lock+get+set", kvs_subject, "locked_write")]
+    if setup.name == "sqlite" and setup.raw_factory is not None:
+        # The raw transaction loop (BEGIN IMMEDIATE; SELECT; write; COMMIT), each
+        # worker on a connection of its own to the raw file.
+        found.append(Variant("sqlite", RAW_SQLITE_VARIANT, setup.raw_factory, "update"))
     if setup.name == "redis" and redis_port is not None:
         port = redis_port
         found += [

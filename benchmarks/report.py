@@ -16,7 +16,16 @@ from typing import Any
 from benchmarks.contention import ContentionResult
 from benchmarks.scaling import Point
 from benchmarks.suites import OperationResult
-from benchmarks.targets import STORE_SIZE_FLATNESS, STORE_SIZE_SOURCE, TARGETS, Target
+from benchmarks.targets import (
+    KVS_UPDATE_VARIANT,
+    RAW_SQLITE_VARIANT,
+    SQLITE_CONTENTION_SHARE,
+    SQLITE_CONTENTION_SOURCE,
+    STORE_SIZE_FLATNESS,
+    STORE_SIZE_SOURCE,
+    TARGETS,
+    Target,
+)
 from benchmarks.timing import paired_ratio
 
 MET = "met"
@@ -154,13 +163,36 @@ def _flatness_checks(results: RunResults) -> list[Check]:
     return checks
 
 
+def _contention_checks(results: RunResults) -> list[Check]:
+    """sqlite: kvs update()'s throughput over the raw transaction loop's, nothing lost."""
+    rows = {r.variant: r for r in results.contention if r.backend == "sqlite"}
+    kvs, raw = rows.get(KVS_UPDATE_VARIANT), rows.get(RAW_SQLITE_VARIANT)
+    if kvs is None and raw is None:
+        return []
+    metric = "contention: update() updates/s over raw"
+    bound = f">= {SQLITE_CONTENTION_SHARE:.2f}x raw, 0 lost"
+    broken = [r for r in (kvs, raw) if r is None or r.error or r.updates_per_s <= 0]
+    if broken:
+        reason = "; ".join(f"{r.variant}: {r.error}" for r in broken if r is not None and r.error)
+        return [Check("sqlite", metric, bound, None, NOT_AVAILABLE, SQLITE_CONTENTION_SOURCE,
+                      reason or "not measured in this run")]
+    assert kvs is not None and raw is not None
+    share = kvs.updates_per_s / raw.updates_per_s
+    lost = [r.lost_updates for r in (kvs, raw)]
+    met = share >= SQLITE_CONTENTION_SHARE and all(n == 0 for n in lost)
+    detail = (f"{kvs.workers} {kvs.mode}: {kvs.updates_per_s:,.0f} vs "
+              f"{raw.updates_per_s:,.0f} updates/s; lost {lost[0]} (kvs), {lost[1]} (raw)")
+    return [Check("sqlite", metric, bound, share, MET if met else MISSED,
+                  SQLITE_CONTENTION_SOURCE, detail)]
+
+
 def evaluate(results: RunResults) -> list[Check]:
     """Every target checked: met, MISSED, or not available (with the reason)."""
     wanted = set(results.backends) if results.backends else None
     # A run without the ops phase (--phases) has no rows to check, only nothing to say.
     checks = [_check_target(results, target) for target in TARGETS
               if results.operations and (wanted is None or target.backend in wanted)]
-    return checks + _flatness_checks(results)
+    return checks + _contention_checks(results) + _flatness_checks(results)
 
 
 # -- formatting ----------------------------------------------------------------

@@ -69,3 +69,11 @@ TARGETS: tuple[Target, ...] = (
 #: median within 1.5x of the smallest store's.
 STORE_SIZE_FLATNESS = 1.5
 STORE_SIZE_SOURCE = "issue 7 (flat; 1.5x is this harness's reading)"
+
+#: Issue 17: 8 processes running update() on one sqlite key reach at least this
+#: share of the throughput of 8 processes running the raw transaction loop.
+SQLITE_CONTENTION_SHARE = 0.8
+SQLITE_CONTENTION_SOURCE = _SQLITE
+#: The contention variants that ratio compares (names in benchmarks.contention).
+KVS_UPDATE_VARIANT = "kvs update()"
+RAW_SQLITE_VARIANT = "raw sqlite3 BEGIN IMMEDIATE"

@@ -101,6 +101,36 @@ def test_targets_met_missed_and_not_available() -> None:
     assert ("memory", "raw get at 100k keys") not in checks
 
 
+def sqlite_contention(kvs_rate: float, raw_rate: float, lost: int = 0
+                      ) -> list[contention.ContentionResult]:
+    return [contention.ContentionResult("sqlite", name, 8, "processes", updates=1000,
+                                        seconds=1.0, updates_per_s=rate, lost_updates=lost_here,
+                                        overlaps=0)
+            for name, rate, lost_here in (("kvs update()", kvs_rate, lost),
+                                          ("raw sqlite3 BEGIN IMMEDIATE", raw_rate, 0))]
+
+
+@pytest.mark.parametrize(("kvs_rate", "lost", "status"), [
+    (850.0, 0, report.MET), (790.0, 0, report.MISSED), (1000.0, 1, report.MISSED)])
+def test_sqlite_contention_share_of_the_raw_loop(kvs_rate: float, lost: int,
+                                                 status: str) -> None:
+    results = report.RunResults(meta={}, backends={})
+    results.contention = sqlite_contention(kvs_rate, 1000.0, lost)
+    check = by_metric(report.evaluate(results))[
+        ("sqlite", "contention: update() updates/s over raw")]
+    assert check.status == status
+    assert check.ratio == pytest.approx(kvs_rate / 1000.0)
+    assert f"lost {lost} (kvs)" in check.detail
+
+
+def test_sqlite_contention_without_the_raw_loop_is_not_available() -> None:
+    results = report.RunResults(meta={}, backends={})
+    results.contention = sqlite_contention(850.0, 1000.0)[:1]
+    check = by_metric(report.evaluate(results))[
+        ("sqlite", "contention: update() updates/s over raw")]
+    assert check.status == report.NOT_AVAILABLE
+
+
 def test_terminal_and_markdown_show_every_status() -> None:
     results = synthetic()
     text = report.terminal_report(results)
