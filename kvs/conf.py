@@ -24,7 +24,9 @@ kvs_opts = [
                       "until an operator breaks the lease)."),
     cfg.BoolOpt("enable_key_mangler", default=True,
                 help="Hash every key with SHA-1 (after the store's key prefix) unless a "
-                     "store or its backend supplies its own mangler."),
+                     "store or its backend supplies its own mangler. kvs.sqlite keeps keys "
+                     "as given in the files it creates (SQLite has no key-length limit); "
+                     "stores with a security_strategy always hash names with their secret."),
     cfg.StrOpt("config_prefix", default="kvs",
                help="Prefix of the dogpile.cache region names kvs creates "
                     "(<config_prefix>.<store>); it shows in dogpile's logs."),

@@ -198,13 +198,6 @@ class KeyValueStore:
         if key_mangler is not None and not callable(key_mangler):
             raise exception.ConfigurationError("key_mangler must be callable", option="key_mangler")
         proxies = _build_proxies(proxy_list, settings["seal"])
-        # Mangler precedence, as in Keystone: explicit, else the backend's own,
-        # else (when enabled) SHA-1, or names keyed by the secret when values
-        # are sealed (see kvs.security).
-        mangler = key_mangler or getattr(backend_cls, "key_mangler", None)
-        if mangler is None and settings["enable_key_mangler"]:
-            seal = settings["seal"]
-            mangler = manglers.sha1_mangle_key if seal is None else security.keyed_mangler(seal)
         blocker = next((proxy for proxy in proxies if not paths.carries_writes(proxy)), None)
         if blocker is not None and settings["default_ttl"] is not None:
             raise exception.UnsupportedProxy(
@@ -220,6 +213,17 @@ class KeyValueStore:
             proxies.append(paths.StockWrites(stock, backing_store))
         self._configure_region(backing_store, args, proxies)
         path = paths.choose(self._region, backing_store, stock)
+        # Mangler precedence, as in Keystone: explicit, else the backend's own,
+        # else (when enabled) SHA-1, or names keyed by the secret when values
+        # are sealed (see kvs.security).  A backend whose keys need no hashing
+        # (plain_keys, known once its file is open) keeps them as given.
+        mangler = key_mangler or getattr(backend_cls, "key_mangler", None)
+        if mangler is None and settings["enable_key_mangler"]:
+            seal = settings["seal"]
+            if seal is not None:
+                mangler = security.keyed_mangler(seal)
+            elif not getattr(paths.chain_of(self._region.backend)[-1], "plain_keys", False):
+                mangler = manglers.sha1_mangle_key
 
         self._key_mangler = manglers.prefixed(settings["key_prefix"], mangler)
         self._region.key_mangler = self._key_mangler

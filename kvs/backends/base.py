@@ -291,6 +291,11 @@ class LeaseBackend(BytesBackend, abc.ABC):
             self.release_lease(key, token)
         return outcome
 
+    #: True when keys need no hashing here: with ``enable_key_mangler`` and no
+    #: mangler of its own, the store then keeps keys as given (prefixed)
+    #: instead of hashing them with SHA-1.  Sealed stores hash names anyway.
+    plain_keys: bool = False
+
     #: True when :meth:`update_value` runs a whole ``update()`` in one atomic
     #: step in the backend (sqlite: one transaction; memory: one in-process
     #: lease).  Backends across a network keep the two round trips above.

@@ -688,3 +688,52 @@ def test_relative_filename_is_resolved_at_configure(tmp_path: Path,
     thread.join()
     assert fences == [None]  # held by "a" in the one file
     assert not (second / "relative.sqlite3").exists()
+
+
+def _stored_keys(filename: str) -> list[str]:
+    db = sqlite3.connect(filename)
+    try:
+        return [row[0] for row in db.execute("SELECT key FROM kvs_data ORDER BY key")]
+    finally:
+        db.close()
+
+
+def test_new_files_keep_keys_as_given_and_old_files_keep_sha1(tmp_path: Path) -> None:
+    import kvs
+    import kvs.testing
+    from kvs import manglers
+
+    new, old = str(tmp_path / "new.sqlite3"), str(tmp_path / "old.sqlite3")
+    # A file as the first kvs release created it: same tables, schema version 1.
+    db = sqlite3.connect(old)
+    db.executescript(sqlite_module._SCHEMA)
+    db.execute("PRAGMA user_version=1")
+    db.close()
+    with kvs.testing.isolated_stores():
+        for name, filename in (("new", new), ("old", old)):
+            store = kvs.get_key_value_store(name)
+            store.configure("kvs.sqlite", filename=filename, key_prefix="p")
+            store.set_multi({"b": 2, "a": 1})
+            assert store.get_multi(["a", "b"]) == [1, 2]
+    assert _stored_keys(new) == ["p:a", "p:b"]
+    assert sorted(_stored_keys(old)) == sorted(
+        "p:" + manglers.sha1_mangle_key(key) for key in ("a", "b"))
+    # Each file keeps its version: the layout of its keys never changes under it.
+    for filename, version in ((new, 2), (old, 1)):
+        db = sqlite3.connect(filename)
+        assert db.execute("PRAGMA user_version").fetchone() == (version,)
+        db.close()
+
+
+def test_sealed_stores_hash_names_on_sqlite_too(tmp_path: Path) -> None:
+    import kvs
+    import kvs.testing
+
+    filename = str(tmp_path / "sealed.sqlite3")
+    with kvs.testing.isolated_stores():
+        store = kvs.get_key_value_store("sealed")
+        store.configure("kvs.sqlite", filename=filename, key_prefix="p",
+                        security_strategy="mac", secret_key="s" * 32)
+        store.set("session:alice", 1)
+    [stored] = _stored_keys(filename)
+    assert "alice" not in stored
