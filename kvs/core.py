@@ -29,7 +29,7 @@ from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 from kvs import durations, exception, manglers, paths, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 from kvs.errors import raise_translated, translated
-from kvs.lock import KeyValueStoreLock, safety_window
+from kvs.lock import MAX_LOCK_WINDOW, KeyValueStoreLock
 from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
 from kvs.stock import StockLeases, stock_lock_arguments
 
@@ -435,16 +435,17 @@ class KeyValueStore:
             mangled = self._key_mangler(key)
             ttl = self.default_ttl if ttl is None else self._ttl(ttl)
             if lock is None:
-                path.set(mangled, serializers.pack(self._serializer, value), ttl)
+                path.set(mangled, self._serializer.pack(value), ttl)
                 return
-            if self._check_lock(key, lock):
-                data = serializers.pack(self._serializer, value)
+            if (type(lock) is KeyValueStoreLock and lock.enabled
+                    and lock.issued_by(path.leases)) or self._check_lock(key, lock):
+                data = self._serializer.pack(value)
                 # lock.fenced(), written out: this is every locked write's path.
                 token = lock.write_token(key)
                 if path.fenced_set(mangled, data, token, ttl) is Fenced.LEASE_LOST:
                     lock.lose()
             else:  # locking=False: key and timeout checked, plain write
-                path.set(mangled, serializers.pack(self._serializer, value), ttl)
+                path.set(mangled, self._serializer.pack(value), ttl)
         except Exception as exc:
             raise_translated(self, exc, "set", (key,))
 
@@ -575,7 +576,7 @@ class KeyValueStore:
         """update() on a backend that runs it atomically in one step (sqlite, memory).
 
         The same rules as under a lease: another holder's lease makes it wait
-        up to ``lock_wait_timeout``; the key's fence advances; ``fn`` running
+        up to ``lock_wait_timeout``; ``fn`` running
         past the holder's view of ``lock_timeout`` raises LockTimeout and
         writes nothing; ``fn`` raising writes nothing.
         """
@@ -583,8 +584,8 @@ class KeyValueStore:
         lock_timeout = self.lock_timeout
         budget = lease_ttl = None
         if lock_timeout:
-            window = safety_window(lock_timeout)
-            budget, lease_ttl = lock_timeout - window, lock_timeout + window
+            window = MAX_LOCK_WINDOW if lock_timeout >= 4 * MAX_LOCK_WINDOW else lock_timeout / 4
+            budget, lease_ttl = lock_timeout - window, lock_timeout + window  # safety_window
         result: list[Any] = []
         failed: list[BaseException] = []
 
@@ -607,7 +608,7 @@ class KeyValueStore:
                     f"(update's fn ran past lock_timeout={lock_timeout} s); nothing was "
                     f"written", key=key, store=self.name)
             result.append(new)
-            return serializers.pack(serializer, new)
+            return serializer.pack(new)
 
         try:
             deadline = None
@@ -654,7 +655,7 @@ class KeyValueStore:
         try:
             new = fn(current)
             try:
-                data = serializers.pack(self._serializer, new)
+                data = self._serializer.pack(new)
                 lock.fenced_and_release(lambda token: backend.fenced_set_and_release(
                     lock.lease_key, data, token, ttl))
             except Exception as exc:

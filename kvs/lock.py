@@ -87,7 +87,7 @@ class LockState(enum.Enum):
     RELEASED = "released"
 
 
-_HELD, _LOST = LockState.HELD, LockState.LOST
+_HELD, _LOST, _RELEASED = LockState.HELD, LockState.LOST, LockState.RELEASED
 
 
 class Leases(Protocol):
@@ -108,6 +108,22 @@ class KeyValueStoreLock:
     ``store.delete(..., lock=)``.  Reads are never blocked.  Not re-entrant:
     acquiring an active lock raises ``RuntimeError``.
     """
+
+    # Slots: a lock is made for every locked write, and slots make it cheaper.
+    __slots__ = (
+        "_leases",
+        "_max_duration",
+        "_state",
+        "_valid_until",
+        "enabled",
+        "fence",
+        "key",
+        "lease_key",
+        "lock_timeout",
+        "lock_wait_timeout",
+        "store",
+        "token",
+    )
 
     def __init__(self, leases: Leases, key: str, lease_key: str, lock_timeout: float,
                  lock_wait_timeout: float, enabled: bool = True, store: str | None = None,
@@ -186,7 +202,7 @@ class KeyValueStoreLock:
             self._acquire(self._attempt)
             return self
         # The hot path, _acquire written out for a free lease with a timeout.
-        self.token = token = new_token()
+        self.token = token = f"{_token_prefix}{next(_token_counter):x}"  # new_token()
         timeout = self.lock_timeout
         window = MAX_LOCK_WINDOW if timeout >= 4 * MAX_LOCK_WINDOW else timeout / 4.0
         started = time.monotonic()
@@ -314,7 +330,7 @@ class KeyValueStoreLock:
         # Stays held if this raises, so release() can be retried: it is a
         # compare-and-delete, safe to repeat.
         released = self._leases.release_lease(self.lease_key, self.token)
-        self._state = LockState.RELEASED
+        self._state = _RELEASED
         if late:
             LOG.warning("lock on key %r in store %r released after its timeout (%s s)",
                         self.key, self.store, self.lock_timeout)
@@ -376,9 +392,12 @@ class KeyValueStoreLock:
         The caller sends the write with it and calls :meth:`lose` if the
         backend answers ``LEASE_LOST`` (this is :meth:`fenced` written out).
         """
-        self.check(for_key=for_key)
-        assert self.token is not None
-        return self.token
+        valid_until = self._valid_until
+        if for_key == self.key and self._state is _HELD and (
+                valid_until is None or time.monotonic() < valid_until):
+            return self.token  # type: ignore[return-value]  # set while HELD
+        self.check(for_key=for_key)  # raises: the same checks, each with its message
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def lose(self) -> NoReturn:
         """The backend refused a fenced write: the lock is LOST; raise LeaseLost."""
@@ -395,8 +414,8 @@ class KeyValueStoreLock:
 
     # -- context manager ----------------------------------------------------
 
-    def __enter__(self) -> KeyValueStoreLock:
-        return self.acquire()
+    # The methods themselves (no frame in between): ``with`` is the usual way in.
+    __enter__ = acquire
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

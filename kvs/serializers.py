@@ -50,6 +50,10 @@ class Serializer:
     def loads(self, data: bytes | memoryview) -> Any:
         raise NotImplementedError
 
+    def pack(self, value: Any) -> bytes:
+        """Encode ``value`` in dogpile's wire format (``metadata|payload``)."""
+        return header() + self.encode(value)
+
     def unpack(self, data: bytes) -> Any:
         """Decode one stored value (``metadata|payload``); CorruptValue on foreign bytes.
 
@@ -142,6 +146,15 @@ def _check_depth(value: Any, encoded: bytes, codec: str) -> bytes:
     return encoded
 
 
+def _refused(value: Any, exc: Exception) -> exception.SerializationError:
+    del _local.packer  # never reuse a packer that stopped half-way
+    reason = str(exc)
+    if "recursion" in reason:
+        reason = f"it nests deeper than {MAX_DEPTH['msgpack']} levels"
+    return exception.SerializationError(
+        f"cannot serialize a {type(value).__name__} with msgpack: {reason}")
+
+
 #: One msgpack Packer per thread: building one per call costs more than the
 #: packing of a small value, and a Packer is not thread-safe.
 _local = threading.local()
@@ -170,13 +183,21 @@ class MsgpackSerializer(Serializer):
         try:
             wrapped = packer.pack([value])
         except (TypeError, ValueError, OverflowError) as exc:
-            del _local.packer  # never reuse a packer that stopped half-way
-            reason = str(exc)
-            if "recursion" in reason:
-                reason = f"it nests deeper than {MAX_DEPTH['msgpack']} levels"
-            raise exception.SerializationError(
-                f"cannot serialize a {type(value).__name__} with msgpack: {reason}") from None
+            raise _refused(value, exc) from None
         return wrapped[1:] if len(wrapped) < _VIEW_FROM else memoryview(wrapped)[1:]
+
+    def pack(self, value: Any) -> bytes:
+        # header() and encode() written out: every write of a value comes here.
+        head = _header if int(time.time()) == _header_second else header()
+        try:
+            packer = _local.packer
+        except AttributeError:
+            packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+        try:
+            wrapped = packer.pack([value])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _refused(value, exc) from None
+        return head + (wrapped[1:] if len(wrapped) < _VIEW_FROM else memoryview(wrapped)[1:])
 
     def loads(self, data: bytes | memoryview) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_msgpack_ext)
@@ -331,7 +352,7 @@ def header() -> bytes:
 
 def pack(serializer: Serializer, value: Any) -> bytes:
     """Encode ``value`` in dogpile's wire format (``metadata|payload``)."""
-    return header() + serializer.encode(value)
+    return serializer.pack(value)
 
 
 def unpack(serializer: Serializer, data: bytes) -> Any:

@@ -158,12 +158,14 @@ class MemoryBackend(LeaseBackend):
 
     def release_lease(self, key: str, token: str) -> bool:
         with self._lock:
-            if self._holder(key, time.monotonic()) != token:
+            lease = self._leases.get(key)  # _holder, inlined: every lock is released here
+            if lease is None or lease[0] != token:
                 return False
             del self._leases[key]
             if self._waiting:  # _wake, inlined
                 self._changed.notify_all()
-            return True
+            # An expired lease is gone either way, but it was not ours to release.
+            return lease[1] is None or lease[1] > time.monotonic()
 
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
         with self._lock:
@@ -186,9 +188,12 @@ class MemoryBackend(LeaseBackend):
         if limit is not None and len(value) > limit:
             self.check_size(key, value)
         with self._lock:
-            if self._holder(key, time.monotonic()) != token:
+            lease = self._leases.get(key)  # _holder, inlined: every locked write comes here
+            now = time.monotonic()
+            if lease is None or lease[0] != token or (lease[1] is not None and lease[1] <= now):
+                self._holder(key, now)  # drops the lease if it expired
                 return Fenced.LEASE_LOST
-            self._data[key] = (value, _deadline(ttl))
+            self._data[key] = (value, None if ttl is None else now + ttl)
             return Fenced.WRITTEN
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
@@ -243,29 +248,39 @@ class MemoryBackend(LeaseBackend):
         the entry keeps other holders (and other update() calls) off this key.
         """
         token = f"{_UPDATE}{next(self._update_tokens)}"  # never a get_lock token (hex)
+        leases = self._leases
+        # _holder, _deadline and _read written out: this is every update().
         with self._lock:
             now = time.monotonic()
-            if self._holder(key, now) is not None:
+            lease = leases.get(key)
+            if lease is not None and (lease[1] is None or lease[1] > now):
                 return None
             self._fences[key] = self._fences.get(key, 0) + 1
-            self._leases[key] = (token, _deadline(lease_ttl))
-            stored = self._read(key, now)
+            leases[key] = (token, None if lease_ttl is None else now + lease_ttl)
+            entry = self._data.get(key)
+            stored = entry[0] if entry is not None and (
+                entry[1] is None or entry[1] > now) else NO_VALUE
         try:
             value = change(stored)
-            self.check_size(key, value)
+            limit = self.max_value_size
+            if limit is not None and len(value) > limit:
+                self.check_size(key, value)
         except BaseException:
             with self._lock:
-                if self._leases.get(key, _NOBODY)[0] == token:
-                    del self._leases[key]
+                if leases.get(key, _NOBODY)[0] == token:
+                    del leases[key]
                     self._wake()
             raise
         with self._lock:
-            ours = self._holder(key, time.monotonic()) == token
-            if ours:
-                self._data[key] = (value, _deadline(ttl))
-                del self._leases[key]
-                self._wake()
-        return Fenced.WRITTEN if ours else Fenced.LEASE_LOST
+            lease = leases.get(key)
+            now = time.monotonic()
+            if lease is None or lease[0] != token or (lease[1] is not None and lease[1] <= now):
+                return Fenced.LEASE_LOST  # broken (or, past lease_ttl, expired) meanwhile
+            self._data[key] = (value, None if ttl is None else now + ttl)
+            del leases[key]
+            if self._waiting:
+                self._changed.notify_all()
+        return Fenced.WRITTEN
 
     def _wake(self) -> None:
         """Wake the waiters of wait_for_release (under the lock)."""
