@@ -8,6 +8,10 @@ interleaved like the main run:
              already-encoded bytes (what kvs sends over the wire);
 ``kvs``      the public ``KeyValueStore`` call.
 
+On sqlite a fourth layer, ``floor``, runs the SQL statements kvs.sqlite runs,
+on the same file, straight through ``sqlite3`` with no kvs code at all: what
+no Python above SQLite can get under.
+
 ``kvs - backend`` is the cost of the store layer (key checks, mangling,
 encoding, the metadata header, error naming); ``backend - raw`` that of the
 backend module (key layout, scripts, error translation) plus the wire format.
@@ -36,8 +40,9 @@ from benchmarks.suites import make_value
 from benchmarks.timing import Operation, Settings, measure, paired_ratio
 from kvs import serializers
 from kvs.backends.base import LeaseBackend
+from kvs.lock import new_token
 
-OPERATIONS = ("get", "set", "get_multi", "set_multi", "update")
+OPERATIONS = ("get", "set", "get_multi", "set_multi", "update", "locked_write")
 
 
 def layers(setup: backends.BackendSetup, operation: str) -> tuple[dict[str, Operation], Operation]:
@@ -59,14 +64,32 @@ def layers(setup: backends.BackendSetup, operation: str) -> tuple[dict[str, Oper
     raw.set("raw:counter", 0)
     mangled_counter = store.backend_key("counter")
 
-    def backend_update(index: int) -> Any:
-        token = uuid.uuid4().hex
-        _, stored = backend.acquire_lease_and_get(mangled_counter, token, 5.0)
+    def increment(stored: bytes | NoValue) -> bytes:
         if isinstance(stored, NoValue):
             raise RuntimeError("the counter vanished")
-        count = serializers.unpack(codec, stored)
-        return backend.fenced_set_and_release(
-            mangled_counter, serializers.pack(codec, count + 1), token, None)
+        return serializers.pack(codec, serializers.unpack(codec, stored) + 1)
+
+    def backend_update(index: int) -> Any:
+        if backend.updates_in_one_step:
+            return backend.update_value(mangled_counter, increment, None, 6.0)
+        token = uuid.uuid4().hex
+        _, stored = backend.acquire_lease_and_get(mangled_counter, token, 5.0)
+        return backend.fenced_set_and_release(mangled_counter, increment(stored), token, None)
+
+    def backend_locked_write(index: int) -> Any:
+        # The backend calls of get_lock, get, set(lock=) and release.
+        token = new_token()
+        if backend.acquire_lease(mangled_counter, token, 6.0) is None:
+            raise RuntimeError("the counter is leased")
+        written = backend.fenced_set(mangled_counter,
+                                     increment(backend.get_serialized(mangled_counter)),
+                                     token, None)
+        backend.release_lease(mangled_counter, token)
+        return written
+
+    def kvs_locked_write(index: int) -> Any:
+        with store.get_lock("counter") as lock:
+            store.set("counter", store.get("counter") + 1, lock=lock)
 
     table: dict[str, dict[str, Operation]] = {
         "get": {"raw": lambda i: raw.get(raw_keys[i % 100]),
@@ -85,8 +108,48 @@ def layers(setup: backends.BackendSetup, operation: str) -> tuple[dict[str, Oper
         "update": {"raw": lambda i: raw.update("raw:counter"),
                    "backend": backend_update,
                    "kvs": lambda i: store.update("counter", lambda n: n + 1)},
+        "locked_write": {"raw": lambda i: raw.locked_write("raw:counter"),
+                         "backend": backend_locked_write,
+                         "kvs": kvs_locked_write},
     }
-    return table[operation], table[operation]["kvs"]
+    variants = table[operation]
+    if setup.name == "sqlite" and operation in ("locked_write", "update"):
+        variants["floor"] = _sqlite_floor(store, operation, mangled_counter)
+    return variants, variants["kvs"]
+
+
+def _sqlite_floor(store: Any, operation: str, key: str) -> Operation:
+    """kvs.sqlite's statements for ``operation``, on its file, with no kvs code."""
+    import sqlite3
+    import time
+
+    from kvs.backends import sqlite as sqlite_backend
+
+    backend = store.region.actual_backend
+    connection = sqlite3.connect(backend.filename, isolation_level=None)
+    connection.execute(f"PRAGMA synchronous={backend.synchronous}")
+    reader = connection.cursor()
+    codec = serializers.get_serializer(serializers.DEFAULT_SERIALIZER)
+
+    def bump(stored: bytes) -> bytes:
+        return serializers.pack(codec, serializers.unpack(codec, stored) + 1)
+
+    def locked_write(index: int) -> None:
+        token, now = new_token(), time.time()
+        connection.execute(sqlite_backend._GRANT, (token, now + 6.0, key, now)).fetchone()
+        (stored,) = reader.execute(sqlite_backend._GET_LIVE, (key, time.time())).fetchone()
+        now = time.time()
+        connection.execute(sqlite_backend._FENCED_UPSERT, (key, bump(stored), None, token, now))
+        connection.execute(sqlite_backend._RELEASE, (key, token, time.time()))
+
+    def update(index: int) -> None:
+        now = time.time()
+        connection.execute("BEGIN IMMEDIATE")
+        _, stored = connection.execute(sqlite_backend._LEASED_AND_VALUE, (key, now)).fetchone()
+        connection.execute(sqlite_backend._UPSERT_DATA, (key, bump(stored), None))
+        connection.execute("COMMIT")
+
+    return locked_write if operation == "locked_write" else update
 
 
 def profile(operation: Operation, calls: int, top: int) -> str:
@@ -122,8 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats = measure(variants, Settings(rounds=args.rounds, round_seconds=0.03))
             raw, backend, kvs = stats["raw"], stats["backend"], stats["kvs"]
             print(f"== {args.backend} {operation}: µs per call (median of {args.rounds} rounds)")
-            print(f"   raw {raw.median_us:9.1f}   backend {backend.median_us:9.1f}   "
-                  f"kvs {kvs.median_us:9.1f}")
+            floor = stats.get("floor")
+            print(f"   raw {raw.median_us:9.1f}   "
+                  + (f"floor {floor.median_us:9.1f}   " if floor else "")
+                  + f"backend {backend.median_us:9.1f}   kvs {kvs.median_us:9.1f}")
+            if floor:
+                print(f"   floor/raw {paired_ratio(floor, raw):.3f}x (kvs.sqlite's SQL alone)   "
+                      f"kvs/floor {paired_ratio(kvs, floor):.3f}x")
             print(f"   kvs/raw {paired_ratio(kvs, raw):.3f}x   "
                   f"store layer (kvs - backend) {kvs.median_us - backend.median_us:+.1f} µs   "
                   f"backend module (backend - raw) {backend.median_us - raw.median_us:+.1f} µs")

@@ -432,15 +432,19 @@ class KeyValueStore:
         """Store ``value``.  With ``lock=``, only if that lease is still ours."""
         try:  # the hot path: raise_translated instead of a @translated frame
             path = self._path or self._require_path()
-            mangled = self._key_mangler(key)
+            if type(lock) is KeyValueStoreLock and key == lock.key:
+                mangled = lock.lease_key  # the key, checked and mangled by get_lock
+            else:
+                mangled = self._key_mangler(key)
             ttl = self.default_ttl if ttl is None else self._ttl(ttl)
             if lock is None:
                 path.set(mangled, self._serializer.pack(value), ttl)
                 return
+            # Every locked write: _check_lock and lock.fenced() written out for a
+            # lock of this store.
             if (type(lock) is KeyValueStoreLock and lock.enabled
-                    and lock.issued_by(path.leases)) or self._check_lock(key, lock):
+                    and lock._leases is path.leases) or self._check_lock(key, lock):
                 data = self._serializer.pack(value)
-                # lock.fenced(), written out: this is every locked write's path.
                 token = lock.write_token(key)
                 if path.fenced_set(mangled, data, token, ttl) is Fenced.LEASE_LOST:
                     lock.lose()

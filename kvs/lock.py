@@ -32,7 +32,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import NoReturn, Protocol
 
 from dogpile.cache.api import NO_VALUE, NoValue
@@ -314,10 +313,11 @@ class KeyValueStoreLock:
         except exception.KVSError:
             pass  # unreachable: the lease ends with its TTL
 
-    def release(self) -> None:
+    def release(self, *_exc_info: object) -> None:
         """Give the lease back.  Never releases a lease another holder now owns.
 
-        Releasing a lease whose time ran out logs a warning and returns.
+        Releasing a lease whose time ran out logs a warning and returns.  (It
+        is ``__exit__`` too, which passes the exception, if any: ignored.)
         """
         state = self._state
         if state is not _HELD and state is not _LOST:
@@ -416,10 +416,7 @@ class KeyValueStoreLock:
 
     # The methods themselves (no frame in between): ``with`` is the usual way in.
     __enter__ = acquire
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
+    __exit__ = release
 
     def __repr__(self) -> str:
         return f"<KeyValueStoreLock key={self.key!r} {self._state.value} fence={self.fence}>"

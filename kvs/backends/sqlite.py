@@ -618,9 +618,18 @@ class SQLiteBackend(LeaseBackend):
         """
         if time.monotonic() >= self._next_purge:
             self._write(_nothing)
-        connection = self._connection()
-        with self._errors:
-            return connection.execute(statement, args).rowcount
+        # Every lock release and locked write: _connection, the gate and the
+        # translation written out (see get_serialized).
+        local = self._local
+        if getattr(local, "generation", -1) != _generation:
+            self._connection()
+        _gate.enter()
+        try:
+            return int(local.connection.execute(statement, args).rowcount)
+        except Exception as exc:
+            self._errors.raise_for(exc)
+        finally:
+            _gate.exit()
 
     def _write_returning(self, statement: str, args: tuple[Any, ...]) -> Any:
         """:meth:`_write_counting` for a statement with ``RETURNING``: its first row or None.
@@ -629,9 +638,16 @@ class SQLiteBackend(LeaseBackend):
         """
         if time.monotonic() >= self._next_purge:
             self._write(_nothing)
-        connection = self._connection()
-        with self._errors:
-            return connection.execute(statement, args).fetchone()
+        local = self._local  # as in _write_counting
+        if getattr(local, "generation", -1) != _generation:
+            self._connection()
+        _gate.enter()
+        try:
+            return local.connection.execute(statement, args).fetchone()
+        except Exception as exc:
+            self._errors.raise_for(exc)
+        finally:
+            _gate.exit()
 
     @staticmethod
     def _roll_back(connection: sqlite3.Connection, nested: bool) -> None:
