@@ -63,8 +63,8 @@ _token_counter = itertools.count(1)
 
 
 def new_token() -> str:
-    """A token no other acquisition anywhere has (hex digits only)."""
-    return f"{_token_prefix}{next(_token_counter):x}"
+    """A token no other acquisition anywhere has: 32 hex digits, as uuid4().hex."""
+    return f"{_token_prefix}{next(_token_counter):016x}"
 
 
 def _new_token_source_in_child() -> None:
@@ -201,7 +201,7 @@ class KeyValueStoreLock:
             self._acquire(self._attempt)
             return self
         # The hot path, _acquire written out for a free lease with a timeout.
-        self.token = token = f"{_token_prefix}{next(_token_counter):x}"  # new_token()
+        self.token = token = f"{_token_prefix}{next(_token_counter):016x}"  # new_token()
         timeout = self.lock_timeout
         window = MAX_LOCK_WINDOW if timeout >= 4 * MAX_LOCK_WINDOW else timeout / 4.0
         started = time.monotonic()
