@@ -684,16 +684,22 @@ class SQLiteBackend(LeaseBackend):
 
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
         # The hot path: the gate and the translation written out (see _Calls).
+        # _gate.enter() and exit() are written out too (a frame each costs as
+        # much as the header check of the decode).
         local = self._local
         if getattr(local, "generation", -1) != _generation:
             self._connection()
-        _gate.enter()
+        ident = threading.get_ident()
+        gate = _gate
+        gate.busy.append(ident)
+        if gate._forking and ident != gate._forker:
+            gate._hold(ident)
         try:
             row = local.reader.execute(_GET_LIVE, (key, _now())).fetchone()
         except Exception as exc:
             self._errors.raise_for(exc)
         finally:
-            _gate.exit()
+            gate.busy.remove(ident)
         return NO_VALUE if row is None else row[0]  # a BLOB reads as bytes: no copy
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
