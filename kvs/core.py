@@ -287,6 +287,11 @@ class KeyValueStore:
             self._region.configure(backing_store, arguments=args, wrap=proxies)
         except exception.KVSError:
             raise
+        except ImportError as exc:  # a stock backend whose client library is missing
+            raise exception.ConfigurationError(
+                f"backend {backing_store} for store {self.name!r} needs the Python package "
+                f"{exc.name or 'its client library'!r}, which is not installed",
+                option="backend") from None
         except dogpile_exception.DogpileCacheException as exc:
             raise exception.ConfigurationError(
                 f"backend {backing_store} for store {self.name!r}: {exc}",

@@ -366,3 +366,21 @@ class LeaseBackend(BytesBackend, abc.ABC):
 
     def set(self, key: str, value: Any) -> None:  # type: ignore[override]
         raise NotImplementedError("kvs backends only store serialized values")
+
+
+def require_client(backend: str, module: str, extra: str, packages: str) -> None:
+    """Raise ConfigurationError naming the extra to install if ``module`` cannot be imported.
+
+    The client libraries are optional: a backend module imports without its
+    client (so listing or loading backends never fails and never logs), and
+    its backend checks here when it is configured.
+    """
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise exception.ConfigurationError(
+            f"backend {backend} needs the Python package {module!r}, which is not "
+            f"installed: install kvs's {extra!r} extra ({packages})", option="backend",
+            extra=extra) from None

@@ -67,20 +67,30 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, NoValue
-from pymemcache.client.base import Client, PooledClient, normalize_server_spec
-from pymemcache.client.rendezvous import RendezvousHash
-from pymemcache.client.retrying import RetryingClient
-from pymemcache.exceptions import (
-    MemcacheError,
-    MemcacheIllegalInputError,
-    MemcacheServerError,
-    MemcacheUnexpectedCloseError,
-    MemcacheUnknownError,
-)
 
 from kvs import exception
-from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo, require_client
 from kvs.errors import Translating
+
+try:
+    from pymemcache.client.base import Client, PooledClient, normalize_server_spec
+    from pymemcache.client.rendezvous import RendezvousHash
+    from pymemcache.client.retrying import RetryingClient
+    from pymemcache.exceptions import (
+        MemcacheError,
+        MemcacheIllegalInputError,
+        MemcacheServerError,
+        MemcacheUnexpectedCloseError,
+        MemcacheUnknownError,
+    )
+except ImportError:  # pymemcache is optional: MemcachedBackend() refuses, naming the extra
+    class _NoPymemcache(Exception):
+        """Stands in for pymemcache's names, so that this module still imports."""
+
+    Client = PooledClient = RendezvousHash = RetryingClient = object  # type: ignore[misc,assignment]
+    normalize_server_spec = None  # type: ignore[assignment]
+    MemcacheError = MemcacheIllegalInputError = MemcacheServerError = _NoPymemcache  # type: ignore[misc,assignment]
+    MemcacheUnexpectedCloseError = MemcacheUnknownError = _NoPymemcache  # type: ignore[misc,assignment]
 
 #: memcached's relative-TTL ceiling: larger expiry values are read as Unix times.
 THIRTY_DAYS = 30 * 24 * 3600
@@ -420,6 +430,7 @@ class MemcachedBackend(LeaseBackend):
     backend_value_limit = None
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
+        require_client(self.name, "pymemcache", "memcached", "pymemcache")
         super().__init__(arguments)
         options = self.options
         if not options["servers"]:

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
-from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo
+from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo, require_client
 from kvs.errors import translated
 
 
@@ -422,6 +422,7 @@ return #KEYS
     DONE_TTL_MS = 60_000
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
+        require_client(self.name, "redis", "redis", "redis[hiredis]")
         super().__init__(arguments)
         self._check_arguments()
         self._connect_lock = threading.Lock()
