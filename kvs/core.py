@@ -132,6 +132,8 @@ class KeyValueStore:
         self._region = kvs_region if kvs_region is not None else make_region(name=name)
         self._configure_lock = threading.Lock()
         self._configured = False
+        #: configure()'s arguments once it succeeded (to tell a repeat from a change).
+        self._configured_with: dict[str, Any] | None = None
         self.locking = True
         self.lock_timeout = DEFAULT_LOCK_TIMEOUT
         self.lock_wait_timeout = DEFAULT_LOCK_TIMEOUT
@@ -172,16 +174,36 @@ class KeyValueStore:
                   **region_config_args: Any) -> None:
         """Configure the store once.  See the README for every argument.
 
-        Raises :class:`~kvs.exception.AlreadyConfigured` on a second call.  A
-        call that fails leaves the store unconfigured, so it can be retried.
+        Configuring a configured store again with the same arguments does
+        nothing; with different ones it raises
+        :class:`~kvs.exception.AlreadyConfigured`, naming what differs (never
+        the values: they may be secrets).  A call that fails leaves the store
+        unconfigured, so it can be retried.
         """
+        given = {"backing_store": backing_store, "key_mangler": key_mangler,
+                 "proxy_list": list(proxy_list) if isinstance(proxy_list, (list, tuple))
+                 else proxy_list, "locking": locking,
+                 **region_config_args}
         with self._configure_lock:
             if self._configured or self._region.is_configured:
-                raise exception.AlreadyConfigured(
-                    f"store {self.name!r} is already configured; create a new store instead",
-                    store=self.name)
+                before = self._configured_with
+                if before is None:  # a region configured by hand, outside configure()
+                    raise exception.AlreadyConfigured(
+                        f"store {self.name!r} is already configured (its region was "
+                        f"configured directly)", store=self.name)
+                differ = sorted(name for name in set(before) | set(given)
+                                if name not in before or name not in given
+                                or not _same(before[name], given[name]))
+                if differ:
+                    raise exception.AlreadyConfigured(
+                        f"store {self.name!r} is already configured; this configuration "
+                        f"differs in {', '.join(differ)} (reconfiguring is not supported: "
+                        f"use kvs.testing.reset_registry() in tests, or a new store name)",
+                        store=self.name, differs=differ)
+                return  # the same configuration again: nothing to do
             self._configure(backing_store, key_mangler, proxy_list, locking,
                             dict(region_config_args))
+            self._configured_with = given
             self._configured = True
 
     def _configure(self, backing_store: str, key_mangler: Callable[[str], str] | None,
@@ -684,6 +706,16 @@ class KeyValueStore:
             path.leases.ping()
         else:  # a key every backend accepts, mangled or not
             path.get(self._key_mangler("kvs-ping"))
+
+
+def _same(before: Any, now: Any) -> bool:
+    """Two configure() argument values are the same (callables and objects: the same one)."""
+    if before is now:
+        return True
+    try:
+        return bool(before == now)
+    except Exception:  # an object whose == refuses to compare
+        return False
 
 
 def _release_keeping_the_error(lock: KeyValueStoreLock) -> None:

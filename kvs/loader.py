@@ -171,7 +171,7 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
 
 
 def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
-    """Configure ``[store:<name>]`` alone (already configured: returned as is).
+    """Configure ``[store:<name>]`` alone (configured alike before: returned as is).
 
     Errors name the section.  The declared-store provider is not built here.
     """
@@ -179,14 +179,11 @@ def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
     kwargs = store_arguments(conf, name)
     region = make_region(name=f"{conf.kvs.config_prefix}.{name}")
     store = core.get_key_value_store(name, kvs_region=region)
-    if store.is_configured:
-        if store.backend_name != kwargs["backing_store"]:
-            raise exception.AlreadyConfigured(
-                f"store {name!r} is already configured with backend {store.backend_name}, "
-                f"not the {kwargs['backing_store']} of [{group}]", store=name, section=group)
-        return store
     try:
-        store.configure(**kwargs)
+        store.configure(**kwargs)  # the same settings again: nothing to do
+    except exception.AlreadyConfigured as exc:
+        raise exception.AlreadyConfigured(f"[{group}] {exc.message}", store=name,
+                                          section=group) from None
     except exception.ConfigurationError as exc:
         if exc.context.get("section"):
             raise

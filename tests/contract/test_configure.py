@@ -50,11 +50,19 @@ def _name() -> str:
     return f"cfg-{uuid.uuid4().hex[:10]}"
 
 
-def test_configure_twice_raises(make_store: Any, backend_config: dict[str, Any]) -> None:
-    store = make_store()
-    assert store.is_configured
-    with pytest.raises(exception.AlreadyConfigured):
-        store.configure(**backend_config)
+def test_configure_again_alike_is_a_no_op_and_differently_raises(
+        backend_config: dict[str, Any]) -> None:
+    store = kvs.get_key_value_store(_name())
+    store.configure(**backend_config, lock_timeout=3)
+    store.set("k", 1)
+    store.configure(**backend_config, lock_timeout=3)  # the same: nothing happens
+    assert store.get("k") == 1 and store.lock_timeout == 3
+    with pytest.raises(exception.AlreadyConfigured) as info:
+        store.configure(**backend_config, lock_timeout=4, secret_key="hunter2-is-secret")
+    message = str(info.value)
+    assert store.name in message and "lock_timeout" in message and "secret_key" in message
+    assert "hunter2" not in message
+    assert store.lock_timeout == 3 and store.get("k") == 1
 
 
 def test_failed_configure_leaves_store_retryable(backend_config: dict[str, Any]) -> None:

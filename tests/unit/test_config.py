@@ -191,3 +191,26 @@ def test_sample_config_is_current(tmp_path: Path) -> None:
                    check=True, cwd=ROOT)
     shipped = (ROOT / "etc" / "kvs.conf.sample").read_text()
     assert generated.read_text() == shipped, "run `make sample-config` and commit the result"
+
+
+def test_a_second_config_that_differs_raises_and_one_alike_is_a_no_op(tmp_path: Path) -> None:
+    def config(name: str, filename: str, lock_timeout: float) -> str:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(f"""
+            [store:counter]
+            backend = kvs.sqlite
+            backend_argument = filename:{tmp_path / filename}
+            lock_timeout = {lock_timeout}
+            """))
+        return str(path)
+
+    first = kvs.configure_stores(kvs.load_config([config("a.conf", "a.sqlite3", 3)]))
+    first["counter"].set("n", 1)
+    again = kvs.configure_stores(kvs.load_config([config("b.conf", "a.sqlite3", 3)]))
+    assert again["counter"] is first["counter"] and again["counter"].get("n") == 1
+    with pytest.raises(exception.AlreadyConfigured) as info:
+        kvs.configure_stores(kvs.load_config([config("c.conf", "other.sqlite3", 4)]))
+    message = str(info.value)
+    assert "[store:counter]" in message
+    assert "filename" in message and "lock_timeout" in message
+    assert first["counter"].lock_timeout == 3
