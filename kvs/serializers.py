@@ -146,6 +146,18 @@ def _check_depth(value: Any, encoded: bytes, codec: str) -> bytes:
     return encoded
 
 
+def _pack_in_a_list(value: Any) -> bytes:
+    """``[value]`` packed by this thread's packer (see MsgpackSerializer.encode)."""
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
+    try:
+        return packer.pack([value])  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _refused(value, exc) from None
+
+
 def _refused(value: Any, exc: Exception) -> exception.SerializationError:
     del _local.packer  # never reuse a packer that stopped half-way
     reason = str(exc)
@@ -176,27 +188,13 @@ class MsgpackSerializer(Serializer):
         against 1,024), so a value too deep to be read back fails here, before
         anything is written, without walking the value.
         """
-        try:
-            packer = _local.packer
-        except AttributeError:
-            packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
-        try:
-            wrapped = packer.pack([value])
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _refused(value, exc) from None
+        wrapped = _pack_in_a_list(value)
         return wrapped[1:] if len(wrapped) < _VIEW_FROM else memoryview(wrapped)[1:]
 
     def pack(self, value: Any) -> bytes:
         # header() and encode() written out: every write of a value comes here.
         head = _header if int(time.time()) == _header_second else header()
-        try:
-            packer = _local.packer
-        except AttributeError:
-            packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_msgpack_default)
-        try:
-            wrapped = packer.pack([value])
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _refused(value, exc) from None
+        wrapped = _pack_in_a_list(value)
         return head + (wrapped[1:] if len(wrapped) < _VIEW_FROM else memoryview(wrapped)[1:])
 
     def loads(self, data: bytes | memoryview) -> Any:
