@@ -14,7 +14,7 @@ Quick start::
 
 from kvs import exception
 from kvs.core import KeyValueStore, get_key_value_store
-from kvs.loader import configure_stores, load_config
+from kvs.loader import configure_stores, load_config, register_opts
 from kvs.lock import KeyValueStoreLock
 from kvs.provider import Provider, get_provider, register_calibration, resolve
 
@@ -28,6 +28,7 @@ __all__ = [
     "get_provider",
     "load_config",
     "register_calibration",
+    "register_opts",
     "resolve",
 ]
 

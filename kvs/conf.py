@@ -5,7 +5,8 @@ one store.  Store sections are found in the parsed files, so their options are
 registered per section when the config is loaded (see :mod:`kvs.loader`).
 
 ``list_opts()`` feeds ``oslo-config-generator --namespace kvs``; the store
-options appear there under the placeholder section ``[store:example]``.
+options appear there under ``[store_template]``, a section kvs never reads, so
+a sample loaded as it is creates no store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from kvs import serializers
 
 KVS_GROUP = "kvs"
 STORE_GROUP_PREFIX = "store:"
+
+#: Where the sample config documents the options of a [store:NAME] section.
+STORE_TEMPLATE = cfg.OptGroup(
+    "store_template", title="Options of each [store:NAME] section",
+    help="The options of one store. kvs reads them from one section per store, named "
+         "[store:NAME] (for example [store:sessions]); this section itself is never read, "
+         "so copy the options you need into your store sections.")
 
 kvs_opts = [
     cfg.FloatOpt("default_lock_timeout", default=5.0, min=0,
@@ -88,6 +96,6 @@ def register_store_opts(conf: cfg.ConfigOpts, store: str) -> str:
     return group
 
 
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+def list_opts() -> list[tuple[str | cfg.OptGroup, list[cfg.Opt]]]:
     """Options for oslo-config-generator (entry point ``oslo.config.opts: kvs``)."""
-    return [(KVS_GROUP, list(kvs_opts)), (STORE_GROUP_PREFIX + "example", list(store_opts))]
+    return [(KVS_GROUP, list(kvs_opts)), (STORE_TEMPLATE, list(store_opts))]

@@ -266,13 +266,18 @@ class KeyValueStore:
     def _store_settings(self, args: dict[str, Any], maximum: float) -> dict[str, Any]:
         """Pop and validate the arguments the store consumes itself."""
         # The backend keeps a lease for lock_timeout plus its safety window.
+        default_timeout = service_default("default_lock_timeout", DEFAULT_LOCK_TIMEOUT)
+        lock_timeout = args.pop("lock_timeout", None)
         lock_timeout = durations.seconds(
-            "lock_timeout", args.pop("lock_timeout", DEFAULT_LOCK_TIMEOUT), maximum - 2)
+            "lock_timeout", default_timeout if lock_timeout is None else lock_timeout,
+            maximum - 2)
         wait = args.pop("lock_wait_timeout", None)
         if wait is None:
             # 0 means "never expires", not "never wait": waiting forever for a
             # lease that never expires would hang, so wait the default instead.
-            wait = lock_timeout if lock_timeout > 0 else DEFAULT_LOCK_TIMEOUT
+            wait = (lock_timeout if lock_timeout > 0
+                    else default_timeout if default_timeout > 0 else DEFAULT_LOCK_TIMEOUT)
+        mangle = args.pop("enable_key_mangler", None)
         key_prefix = args.pop("key_prefix", None)
         strategy = args.pop("security_strategy", None) or "none"
         return {
@@ -282,7 +287,8 @@ class KeyValueStore:
             "codec": serializers.get_serializer(
                 args.pop("serializer", None) or serializers.DEFAULT_SERIALIZER),
             "default_ttl": durations.ttl("default_ttl", args.pop("default_ttl", None), maximum),
-            "enable_key_mangler": bool(args.pop("enable_key_mangler", True)),
+            "enable_key_mangler": bool(service_default("enable_key_mangler", True)
+                                       if mangle is None else mangle),
             "strategy": strategy,
             "seal": security.make_codec(strategy, args.pop("secret_key", None),
                                         args.pop("secret_keys", None)),
@@ -732,6 +738,34 @@ def _release_keeping_the_error(lock: KeyValueStoreLock) -> None:
 
 #: Store methods whose ValueErrors from below mean "foreign bytes".
 _READS = frozenset({"get", "get_multi"})
+
+
+# -- the service's [kvs] defaults ------------------------------------------------
+
+#: The ConfigOpts given to :func:`kvs.register_opts`: its ``[kvs]`` options are
+#: the defaults of every ``configure()`` in this process (read at configure time,
+#: so after the service has parsed its files).  None: kvs's built-in defaults.
+_SERVICE_CONF: Any = None
+
+
+def use_service_defaults(conf: Any) -> None:
+    """Take ``configure()``'s defaults from ``conf``'s ``[kvs]`` section (None: built-in)."""
+    global _SERVICE_CONF
+    _SERVICE_CONF = conf
+
+
+def service_default(option: str, fallback: Any) -> Any:
+    """``[kvs] <option>`` of the service's config, or ``fallback`` without one."""
+    conf = _SERVICE_CONF
+    if conf is None:
+        return fallback
+    try:
+        return getattr(conf.kvs, option)
+    except (ValueError, KeyError, AttributeError):
+        # oslo's message may quote the value; name the option only.
+        raise exception.ConfigurationError(
+            f"option {option!r} in section [kvs]: invalid value", option=option,
+            section="kvs") from None
 
 
 # -- registry ---------------------------------------------------------------

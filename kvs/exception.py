@@ -89,6 +89,26 @@ class ConfigurationError(KVSError, ValueError):
     """A configuration value, option or ``configure()`` argument is wrong."""
 
 
+class BrokenStores(ConfigurationError):
+    """One or more ``[store:NAME]`` sections could not be configured.
+
+    Raised by :func:`kvs.configure_stores` after it has configured every
+    healthy store.  ``errors`` maps each broken section to its own
+    :class:`ConfigurationError`; ``stores`` holds the stores that were
+    configured.  With one broken section, ``context`` is that section's.
+    """
+
+    def __init__(self, errors: dict[str, KVSError], stores: dict[str, Any]) -> None:
+        listed = "; ".join(error.message for error in errors.values())
+        sections = ", ".join(f"[{section}]" for section in errors)
+        count = "a store section" if len(errors) == 1 else f"{len(errors)} store sections"
+        single = next(iter(errors.values())).context if len(errors) == 1 else {}
+        super().__init__(f"{count} could not be configured ({sections}): {listed}",
+                         **{**single, "sections": list(errors)})
+        self.errors = errors
+        self.stores = stores
+
+
 class AlreadyConfigured(KVSError, RuntimeError):
     """``configure()`` was called on a store that is already configured."""
 

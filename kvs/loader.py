@@ -1,9 +1,20 @@
 """From an ini file to configured stores.
 
-``load_config(paths)`` parses the files with oslo.config, registers the
-options of every ``[store:NAME]`` section it finds and validates every value,
-so a bad value fails at load time with the option and section named.
-``configure_stores(conf)`` then configures each store in the registry.
+Two ways in:
+
+* **A service embeds kvs** in its own ``ConfigOpts`` (as with
+  ``oslo_cache.configure(conf)``): :func:`register_opts` before the service
+  parses its arguments and files, :func:`configure_stores` after.  Nothing
+  here parses the service's config again or touches its own options.
+* **kvs on its own** (the ``kvs`` command, scripts): :func:`load_config`
+  parses files into a new ``ConfigOpts`` and checks ``[kvs]``, then
+  :func:`configure_stores`.
+
+Each ``[store:NAME]`` section is checked and configured on its own
+(:func:`validate_store`, :func:`configure_store`): a broken section fails
+alone, and :func:`configure_stores` raises
+:class:`~kvs.exception.BrokenStores`, listing every broken section, only
+after it has configured the healthy ones.
 """
 
 from __future__ import annotations
@@ -34,16 +45,59 @@ def store_names(conf: cfg.ConfigOpts) -> list[str]:
                   if section.startswith(prefix) and len(section) > len(prefix))
 
 
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register kvs's ``[kvs]`` options on a service's own ``conf``, before it parses.
+
+    The service then parses its own arguments and files as it always does,
+    and calls :func:`configure_stores` with the same ``conf``.  From now on
+    ``conf``'s ``[kvs]`` section (``default_lock_timeout``,
+    ``enable_key_mangler``) also gives the defaults of stores the service
+    configures itself with :meth:`~kvs.KeyValueStore.configure`.  Calling it
+    again is harmless.
+    """
+    _register_kvs_opts(conf)
+    core.use_service_defaults(conf)
+
+
+def _register_kvs_opts(conf: cfg.ConfigOpts) -> None:
+    from kvs.provider import options as provider_options
+
+    try:
+        kvs_conf.register_opts(conf)
+    except cfg.DuplicateOptError as error:
+        raise _option_error(kvs_conf.KVS_GROUP, error.opt_name,
+                            "the service registered an option of this name differently"
+                            ) from None
+    provider_options.register_node_name(conf)
+
+
+def _is_parsed(conf: cfg.ConfigOpts) -> bool:
+    # oslo.config registers --config-file when a ConfigOpts is called (parsed).
+    return "config_file" in conf
+
+
 def load_config(paths: Sequence[str] | None = None, args: Sequence[str] | None = None,
                 conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
-    """Parse ini files into a new (or the given) ``ConfigOpts`` and validate them.
+    """Parse ini files into a new (or the given, unparsed) ``ConfigOpts``; check ``[kvs]``.
 
     ``paths`` are config files read in order (later ones win); ``None`` uses
     oslo.config's standard search path for project ``kvs``.  ``args`` are
-    command-line arguments (the CLI passes its own).
+    command-line arguments (the CLI passes its own).  Store sections are
+    checked by :func:`configure_stores` (or :func:`validate`), each on its own.
+
+    A ``conf`` that is already parsed (a service's own) is refused with
+    :class:`~kvs.exception.ConfigurationError`: parsing it again as project
+    ``kvs`` would replace the service's files, options and flags.  Embed kvs
+    with :func:`register_opts` and :func:`configure_stores` instead.
     """
+    if conf is not None and _is_parsed(conf):
+        raise exception.ConfigurationError(
+            "load_config() was given a ConfigOpts that is already parsed; parsing it "
+            "again would replace the service's own config files and options. Call "
+            "kvs.register_opts(conf) before parsing and kvs.configure_stores(conf) after",
+            option="conf")
     conf = conf if conf is not None else cfg.ConfigOpts()
-    kvs_conf.register_opts(conf)
+    _register_kvs_opts(conf)
     # oslo.config looks for <project>.conf(.d) and <prog>.conf(.d); both are
     # kvs.conf for the kvs command, so each would be read twice.
     dirs = list(dict.fromkeys(cfg.find_config_dirs(project="kvs", prog="kvs")))
@@ -64,25 +118,81 @@ def load_config(paths: Sequence[str] | None = None, args: Sequence[str] | None =
         ) from None
     for name in store_names(conf):
         kvs_conf.register_store_opts(conf, name)
-    validate(conf)
+    validate_kvs_section(conf)
     return conf
 
 
+def _read_all(conf: cfg.ConfigOpts, group: str, opts: Sequence[cfg.Opt]) -> None:
+    for opt in opts:
+        try:
+            getattr(conf[group], opt.dest)
+        except (cfg.ConfigFileValueError, ValueError):
+            # oslo's message can quote the value, which may be a secret.
+            raise _option_error(group, opt.name, "invalid value") from None
+
+
+def validate_kvs_section(conf: cfg.ConfigOpts) -> None:
+    """Read every ``[kvs]`` option once, so that a bad value fails now, by name."""
+    _register_kvs_opts(conf)
+    _read_all(conf, kvs_conf.KVS_GROUP, kvs_conf.kvs_opts)
+
+
+def store_problems(conf: cfg.ConfigOpts, name: str) -> list[exception.ConfigurationError]:
+    """Every problem of ``[store:<name>]`` and its endpoint sections, configuring nothing.
+
+    Every store option, every ``backend_argument`` entry, the store's
+    declared-store options and each endpoint it declares are read and
+    checked; each problem is a :class:`~kvs.exception.ConfigurationError`
+    naming its section and option.  :func:`configure_store` then checks what
+    only the backend can (argument names and types, secrets, proxies).
+    """
+    from kvs.provider import options as provider_options
+
+    group = kvs_conf.register_store_opts(conf, name)
+    problems: list[exception.ConfigurationError] = []
+
+    def check(step: Any, *args: Any) -> Any:
+        try:
+            return step(*args)
+        except exception.ConfigurationError as error:
+            problems.append(error)
+            return None
+
+    for opt in kvs_conf.store_opts:
+        check(_read_all, conf, group, [opt])
+    if not problems:
+        check(parse_backend_arguments, conf[group].backend_argument, group)
+    check(provider_options.read_store_settings, conf, name)
+    declared = check(provider_options.declared_endpoints, conf, name)
+    for endpoint in declared or []:
+        check(provider_options.read_endpoint_spec, conf, name, endpoint)
+    for section in provider_options.stray_endpoint_sections(conf, {name: declared or []}):
+        if section[len(provider_options.ENDPOINT_GROUP_PREFIX):].rpartition(".")[0] == name:
+            problems.append(exception.ConfigurationError(
+                f"section [{section}] configures an endpoint that [{group}] does not "
+                f"declare in its endpoints option", option="endpoints", section=section))
+    return problems
+
+
+def validate_store(conf: cfg.ConfigOpts, name: str) -> None:
+    """Raise the first of :func:`store_problems`, if any."""
+    problems = store_problems(conf, name)
+    if problems:
+        raise problems[0]
+
+
 def validate(conf: cfg.ConfigOpts) -> None:
-    """Read every kvs option once so that bad values fail now, by name."""
-    groups = [(kvs_conf.KVS_GROUP, kvs_conf.kvs_opts)]
-    groups += [(kvs_conf.STORE_GROUP_PREFIX + name, kvs_conf.store_opts)
-               for name in store_names(conf)]
-    for group, opts in groups:
-        for opt in opts:
-            try:
-                getattr(conf[group], opt.dest)
-            except (cfg.ConfigFileValueError, ValueError):
-                # oslo's message can quote the value, which may be a secret.
-                raise _option_error(group, opt.name, "invalid value") from None
+    """Check ``[kvs]`` and every store section; raise :class:`~kvs.exception.BrokenStores`
+    listing every broken section (``[kvs]`` errors raise at once)."""
+    validate_kvs_section(conf)
+    errors: dict[str, exception.KVSError] = {}
     for name in store_names(conf):
-        group = kvs_conf.STORE_GROUP_PREFIX + name
-        parse_backend_arguments(conf[group].backend_argument, group)
+        try:
+            validate_store(conf, name)
+        except exception.ConfigurationError as error:
+            errors[kvs_conf.STORE_GROUP_PREFIX + name] = error
+    if errors:
+        raise exception.BrokenStores(errors, {})
 
 
 def parse_backend_arguments(items: Sequence[str], group: str) -> dict[str, str]:
@@ -171,11 +281,12 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
 
 
 def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
-    """Configure ``[store:<name>]`` alone (configured alike before: returned as is).
+    """Check and configure ``[store:<name>]`` alone (configured alike before: returned as is).
 
     Errors name the section.  The declared-store provider is not built here.
     """
     group = kvs_conf.STORE_GROUP_PREFIX + name
+    validate_store(conf, name)
     kwargs = store_arguments(conf, name)
     region = make_region(name=f"{conf.kvs.config_prefix}.{name}")
     store = core.get_key_value_store(name, kvs_region=region)
@@ -190,20 +301,41 @@ def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
         raise exception.ConfigurationError(
             f"[{group}] {exc.message}", option=exc.context.get("option") or "backend_argument",
             section=group) from None
+    except exception.KVSError as exc:  # UnsupportedProxy and kin: name the section too
+        raise exception.ConfigurationError(
+            f"[{group}] {exc.message}", option=exc.context.get("option") or "proxies",
+            section=group) from None
     return store
 
 
 def configure_stores(conf: cfg.ConfigOpts) -> dict[str, core.KeyValueStore]:
     """Configure every ``[store:NAME]`` of ``conf``; return ``{name: store}``.
 
-    Also builds the declared-store provider of every store that declares
-    endpoints (see :mod:`kvs.provider`).  A store configured before (by an
-    earlier call) is returned as it is.
+    ``conf`` is parsed already: a service's own ``ConfigOpts`` (see
+    :func:`register_opts`) or one from :func:`load_config`.  It is never parsed
+    again; kvs's options are registered on it if they are not yet.
+
+    Each section is checked and configured on its own.  If any is broken, the
+    healthy ones are configured (and their providers built) first, then
+    :class:`~kvs.exception.BrokenStores` lists every broken section with its
+    error.  Also builds the declared-store provider of every store that
+    declares endpoints (see :mod:`kvs.provider`).  A store configured alike
+    before is returned as it is; configured differently, it is reported as
+    broken with :class:`~kvs.exception.AlreadyConfigured`'s message.
     """
+    validate_kvs_section(conf)
     register_extra_backends(conf)
-    stores = {name: configure_store(conf, name) for name in store_names(conf)}
+    stores: dict[str, core.KeyValueStore] = {}
+    errors: dict[str, exception.KVSError] = {}
+    for name in store_names(conf):
+        try:
+            stores[name] = configure_store(conf, name)
+        except (exception.ConfigurationError, exception.AlreadyConfigured) as error:
+            errors[kvs_conf.STORE_GROUP_PREFIX + name] = error
     # Declared stores sit above the core: imported here, not at module level.
     from kvs import provider
 
     provider.configure_providers(conf, stores)
+    if errors:
+        raise exception.BrokenStores(errors, stores)
     return stores

@@ -11,7 +11,7 @@ from typing import Any
 from oslo_config import cfg
 
 from kvs import conf as kvs_conf
-from kvs import core, exception, loader
+from kvs import exception, loader
 from kvs.cli.data import ping
 from kvs.cli.output import table, to_json
 from kvs.cli.session import EXIT_FAILED, EXIT_OK, Session, configure_store
@@ -34,49 +34,44 @@ def check(session: Session) -> tuple[list[dict[str, Any]], list[str]]:
         loader.register_extra_backends(conf)
     except exception.KVSError as error:
         problems.append(error.message)
-    configured: dict[str, core.KeyValueStore] = {}
     for name in names:
         row: dict[str, Any] = {"store": name, "backend": None, "ok": False, "problem": None}
         rows.append(row)
         group = kvs_conf.STORE_GROUP_PREFIX + name
-        try:
+        # Exactly what loading checks, one store at a time: one broken section
+        # does not hide the others, and every problem of a section is listed.
+        found = loader.store_problems(conf, name)
+        if not any(error.context.get("option") == "backend" for error in found):
             row["backend"] = conf[group].backend
-            # One store at a time: one broken section does not hide the others.
+        if found:
+            row["problems"] = [error.message for error in found]
+            continue
+        try:
             store = configure_store(conf, name)
         except exception.KVSError as error:
             where = "" if error.context.get("section") else f"[{group}] "
             row["problem"] = f"{where}{error.message}"
             continue
-        configured[name] = store
         problem = ping(store)
         if problem is not None:
             row["problem"] = f"store {name!r}: {problem}"
         else:
             row["ok"] = True
-    problems += [row["problem"] for row in rows if row["problem"]]
-    problems += check_declarations(conf, configured)
+    for row in rows:
+        listed = row.pop("problems", None) or ([row["problem"]] if row["problem"] else [])
+        row["problem"] = "; ".join(listed) or None
+        problems += listed
+    problems += orphan_endpoint_sections(conf)
     return rows, [session.scrub(problem) for problem in problems]
 
 
-def check_declarations(conf: cfg.ConfigOpts, stores: dict[str, core.KeyValueStore]
-                       ) -> list[str]:
-    """Problems in the endpoint declarations of ``stores``, read without building
-    providers (which would write initial values)."""
+def orphan_endpoint_sections(conf: cfg.ConfigOpts) -> list[str]:
+    """``[endpoint:S.E]`` sections whose store ``S`` has no ``[store:S]`` section (each
+    store's own endpoint sections are checked by :func:`kvs.loader.store_problems`)."""
     from kvs.provider import options as provider_options
 
-    problems: list[str] = []
-    declared: dict[str, list[str]] = {}
-    for name in stores:
-        try:
-            declared[name] = provider_options.declared_endpoints(conf, name)
-            for endpoint in declared[name]:
-                provider_options.read_endpoint_spec(conf, name, endpoint)
-        except exception.KVSError as error:
-            problems.append(error.message)
-    for section in provider_options.stray_endpoint_sections(conf, declared):
-        problems.append(f"section [{section}] configures an endpoint its store does not "
-                        f"declare in its endpoints option")
     known = loader.store_names(conf)
+    problems = []
     for section in conf.list_all_sections():
         address = section.partition(provider_options.ENDPOINT_GROUP_PREFIX)[2]
         if section.startswith(provider_options.ENDPOINT_GROUP_PREFIX) and not any(

@@ -174,6 +174,6 @@ def reset_providers() -> None:
         provider.close()
 
 
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+def list_opts() -> list[tuple[str | cfg.OptGroup, list[cfg.Opt]]]:
     """Options for oslo-config-generator, under template section names."""
     return options.list_opts()

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from oslo_config import cfg
 
+from kvs import conf as kvs_conf
 from kvs import exception
 from kvs.provider.broadcast import BroadcastPolicy
 from kvs.provider.calibration import Calibration, MapCalibration, TemplateCalibration, literal
@@ -28,6 +29,13 @@ from kvs.provider.calibration import Calibration, MapCalibration, TemplateCalibr
 KVS_GROUP = "kvs"
 STORE_GROUP_PREFIX = "store:"
 ENDPOINT_GROUP_PREFIX = "endpoint:"
+
+#: Where the sample config documents the options of an [endpoint:STORE.NAME] section.
+ENDPOINT_TEMPLATE = cfg.OptGroup(
+    "endpoint_template", title="Options of each [endpoint:STORE.NAME] section",
+    help="The options of one declared endpoint, read from a section named "
+         "[endpoint:STORE.NAME] (for example [endpoint:prices.peaches]) for each endpoint a "
+         "store lists in its endpoints option; this section itself is never read.")
 #: Default alert channel prefix: dripline's ``sensor_value.<endpoint>``.
 DEFAULT_CHANNEL_PREFIX = "sensor_value"
 
@@ -240,10 +248,10 @@ def stray_endpoint_sections(conf: cfg.ConfigOpts, declared: dict[str, list[str]]
     return sorted(set(stray))
 
 
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+def list_opts() -> list[tuple[str | cfg.OptGroup, list[cfg.Opt]]]:
     """Options for oslo-config-generator, under template section names."""
     return [
         (KVS_GROUP, [node_name_opt]),
-        (STORE_GROUP_PREFIX + "NAME", list(store_opts)),
-        (ENDPOINT_GROUP_PREFIX + "STORE.NAME", list(endpoint_opts)),
+        (kvs_conf.STORE_TEMPLATE, list(store_opts)),
+        (ENDPOINT_TEMPLATE, list(endpoint_opts)),
     ]

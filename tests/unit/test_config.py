@@ -106,10 +106,13 @@ def test_bad_values_name_option_and_section(tmp_path: Path, section: str, option
         backend = kvs.memory
         {section}
     """)
-    with pytest.raises(exception.ConfigurationError) as info:
-        kvs.load_config([path])
+    conf = kvs.load_config([path])  # store sections are checked when configured
+    with pytest.raises(exception.BrokenStores) as info:
+        kvs.configure_stores(conf)
     assert needle in str(info.value) and "[store:bad]" in str(info.value)
     assert info.value.context["option"] == option
+    assert list(info.value.errors) == ["store:bad"] and not info.value.stores
+    assert not kvs.get_key_value_store("bad").is_configured
 
 
 def test_unknown_backend_lists_known_ones(tmp_path: Path) -> None:
@@ -132,7 +135,7 @@ def test_malformed_backend_argument_never_echoes_value(tmp_path: Path) -> None:
         backend_argument = s3cr3t-password-without-a-name
     """)
     with pytest.raises(exception.ConfigurationError) as info:
-        kvs.load_config([path])
+        kvs.configure_stores(kvs.load_config([path]))
     assert "backend_argument" in str(info.value) and "[store:x]" in str(info.value)
     assert "s3cr3t" not in str(info.value)
 
@@ -208,8 +211,9 @@ def test_a_second_config_that_differs_raises_and_one_alike_is_a_no_op(tmp_path: 
     first["counter"].set("n", 1)
     again = kvs.configure_stores(kvs.load_config([config("b.conf", "a.sqlite3", 3)]))
     assert again["counter"] is first["counter"] and again["counter"].get("n") == 1
-    with pytest.raises(exception.AlreadyConfigured) as info:
+    with pytest.raises(exception.BrokenStores) as info:
         kvs.configure_stores(kvs.load_config([config("c.conf", "other.sqlite3", 4)]))
+    assert isinstance(info.value.errors["store:counter"], exception.AlreadyConfigured)
     message = str(info.value)
     assert "[store:counter]" in message
     assert "filename" in message and "lock_timeout" in message

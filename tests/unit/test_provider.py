@@ -124,9 +124,10 @@ def test_bad_config_writes_nothing(loader: Loader) -> None:
         [endpoint:{store}.bad]
         calibration = import_os({{}})
         """
-    with pytest.raises(exception.ConfigurationError):
+    with pytest.raises(exception.ConfigurationError, match=r"\[endpoint:prices\.bad\]"):
         loader(text)
-    assert not kvs.get_key_value_store("prices").exists("good")
+    # A store whose endpoint sections are broken is not configured at all.
+    assert not kvs.get_key_value_store("prices").is_configured
 
 
 def test_store_without_endpoints_has_no_provider(loader: Loader) -> None:

@@ -146,12 +146,12 @@ def test_parity(prices: Provider, behaviour: str, dragonfly: str, kvs_does: str,
 # -- options for the sample generator -------------------------------------------------
 
 def test_list_opts_names_every_option() -> None:
-    groups = dict(kvs.provider.list_opts())
-    assert {opt.name for opt in groups["endpoint:STORE.NAME"]} == {
+    groups = {getattr(group, "name", group): opts for group, opts in kvs.provider.list_opts()}
+    assert {opt.name for opt in groups["endpoint_template"]} == {
         "initial_value", "calibration", "calibration_map", "get_on_set", "log_on_set",
         "schedule_interval", "max_interval", "max_fractional_change", "max_absolute_change",
         "alert_channel"}
-    assert "endpoints" in {opt.name for opt in groups["store:NAME"]}
+    assert "endpoints" in {opt.name for opt in groups["store_template"]}
     assert "node_name" in {opt.name for opt in groups["kvs"]}
 
 
