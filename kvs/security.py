@@ -179,7 +179,7 @@ class EncryptCodec(SealCodec):
         except ImportError:
             raise exception.ConfigurationError(
                 "security_strategy = encrypt needs the 'cryptography' package "
-                "(pip install 'kvs[security]')", option="security_strategy") from None
+                "(pip install 'dogpile-kvs[security]')", option="security_strategy") from None
         super().__init__(secrets)
         self._aeads = [AESGCM(_derive(secret, b"encrypt")) for secret in secrets]
 

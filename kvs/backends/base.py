@@ -382,5 +382,5 @@ def require_client(backend: str, module: str, extra: str, packages: str) -> None
     except ImportError:
         raise exception.ConfigurationError(
             f"backend {backend} needs the Python package {module!r}, which is not "
-            f"installed: install kvs's {extra!r} extra ({packages})", option="backend",
-            extra=extra) from None
+            f"installed: pip install 'dogpile-kvs[{extra}]' (the {extra!r} extra: {packages})",
+            option="backend", extra=extra) from None

@@ -1,5 +1,6 @@
-"""redis-py and pymemcache are optional: without them kvs imports, sqlite and memory work
-silently, and configuring a backend that needs one names the extra to install.
+"""redis-py, pymemcache and cryptography are optional: without them kvs imports, sqlite and
+memory work silently, and configuring a backend (or ``security_strategy = encrypt``) that needs
+one names the extra to install, as a ``pip install 'dogpile-kvs[EXTRA]'`` line.
 
 Each case runs in a subprocess whose import system refuses the client libraries.
 """
@@ -18,7 +19,7 @@ import sys
 
 class _RefuseClients:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("redis", "pymemcache", "hiredis"):
+        if name.split(".")[0] in ("redis", "pymemcache", "hiredis", "cryptography"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
@@ -47,6 +48,16 @@ memory = kvs.get_key_value_store("mem")
 memory.configure("kvs.memory")
 memory.set("k", 2)
 results["embedded"] = [store.get("k"), memory.get("k")]
+signed = kvs.get_key_value_store("signed")  # mac needs only the standard library
+signed.configure("kvs.memory", security_strategy="mac", secret_key="s" * 32)
+signed.set("k", 3)
+results["mac"] = signed.get("k")
+try:
+    kvs.get_key_value_store("sealed").configure(
+        "kvs.memory", security_strategy="encrypt", secret_key="s" * 32)
+    results["encrypt"] = "configured"
+except exception.ConfigurationError as exc:
+    results["encrypt"] = str(exc)
 results["errors_logged"] = list(errors)
 # Closed loopback ports: nothing is ever sent (the configure must fail first).
 cases = {
@@ -87,5 +98,9 @@ def test_without_client_libraries(tmp_path: Path) -> None:
                                     ("kvs.memcached", "pymemcache", "memcached")):
         message = results[backend]
         assert f"needs the Python package {package!r}" in message, (backend, message)
-        assert f"{extra!r} extra" in message, (backend, message)
+        assert f"pip install 'dogpile-kvs[{extra}]'" in message, (backend, message)
+        assert "kvs[" not in message.replace("dogpile-kvs[", ""), (backend, message)
     assert "needs the Python package 'redis'" in results["dogpile.cache.redis"]
+    assert results["mac"] == 3
+    assert "needs the 'cryptography' package" in results["encrypt"], results["encrypt"]
+    assert "pip install 'dogpile-kvs[security]'" in results["encrypt"], results["encrypt"]
