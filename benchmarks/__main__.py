@@ -1,10 +1,12 @@
 """``python -m benchmarks [--quick]``: run every benchmark, print and save the results.
 
 The run starts its own servers, measures, prints the tables and the target
-checks (met / MISSED / not available) to stdout with a progress bar on
-stderr, and writes ``latest.json``, ``latest.md`` and the PNG plots to
-``benchmarks/results/`` (or ``--output``).  Missed targets do not change the
-exit status unless ``--strict`` is given.
+checks (met / MISSED / not available) to stdout with its progress on stderr (a
+bar on a terminal, one plain line per phase otherwise), and writes
+``latest.json``, ``latest.md`` and the PNG plots to ``benchmarks/results/local/``
+(ignored by git), to the published ``benchmarks/results/`` with ``--save``, or
+to ``--output DIR``.  Missed targets do not change the exit status unless
+``--strict`` is given.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tqdm
 
@@ -32,7 +34,10 @@ from benchmarks.servers import ServerSet
 from benchmarks.subjects import Subject
 from benchmarks.timing import Settings
 
+#: The published results (``--save``): README links to them, git tracks them.
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Where a run writes by default: ignored by git, so a run never dirties the tree.
+LOCAL_RESULTS = RESULTS / "local"
 PHASES = ("ops", "contention", "workers", "value", "size")
 
 
@@ -71,8 +76,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma list of backends (default: all)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma list of phases to run (default: {','.join(PHASES)})")
-    parser.add_argument("--output", type=Path, default=RESULTS,
-                        help="directory for latest.json, latest.md and the plots")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--save", action="store_true",
+                       help="write the published results in benchmarks/results/ (default: "
+                            "benchmarks/results/local/, which git ignores)")
+    where.add_argument("--output", type=Path, default=None,
+                       help="directory for latest.json, latest.md and the plots")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 if any target is MISSED")
@@ -80,6 +89,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="measure nothing: redo the tables, checks and plots of a saved "
                              "latest.json")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS if args.save else LOCAL_RESULTS
     args.backends = tuple(name.strip() for name in args.backends.split(",") if name.strip())
     args.phases = tuple(name.strip() for name in args.phases.split(",") if name.strip())
     for name in args.backends:
@@ -147,28 +158,59 @@ def machine_info(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
         "python": platform.python_version(),
         "kvs_commit": _git_commit(),
         "packages": {name: _version(name) for name in (
-            "kvs", "dogpile.cache", "redis", "hiredis", "pymemcache", "msgpack")},
+            "dogpile-kvs", "dogpile.cache", "redis", "hiredis", "pymemcache", "msgpack")},
         "load_before": _load(),
         "backends": list(args.backends),
         "phases": list(args.phases),
     }
 
 
-class Progress:
-    """A tqdm bar on stderr over every step of the run."""
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
-    def __init__(self, total: int) -> None:
-        self.bar = tqdm.tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True,
-                             leave=False)
+
+class Progress:
+    """Progress over every step of the run, on ``stream`` (stderr by default).
+
+    On a terminal, a tqdm bar.  Anywhere else (a file, a pipe, CI's log) one
+    plain line per phase and one at the end: never a carriage return.
+    """
+
+    def __init__(self, total: int, stream: IO[str] | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.total = total
+        self.done = 0
+        self.began = time.monotonic()
+        self.bar: tqdm.tqdm[Any] | None = None
+        if _is_terminal(self.stream):
+            self.bar = tqdm.tqdm(total=total, file=self.stream, unit="step",
+                                 dynamic_ncols=True, leave=False)
+
+    def _line(self, text: str) -> None:
+        print(f"bench [{self.done}/{self.total} steps, {time.monotonic() - self.began:.0f} s] "
+              f"{text}", file=self.stream, flush=True)
+
+    def phase(self, name: str) -> None:
+        if self.bar is None:
+            self._line(name)
 
     def label(self, text: str) -> None:
-        self.bar.set_description(text[:40], refresh=True)
+        if self.bar is not None:
+            self.bar.set_description(text[:40], refresh=True)
 
     def step(self) -> None:
-        self.bar.update(1)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            self._line("done")
 
 
 def _steps(setups: dict[str, backends.BackendSetup], profile: Profile,
@@ -275,14 +317,19 @@ def measure_all(args: argparse.Namespace) -> report.RunResults:
         progress = Progress(_steps(setups, profile, args.phases))
         try:
             if "ops" in args.phases:
+                progress.phase("operations")
                 run_ops(setups, profile, results, progress)
             if "contention" in args.phases:
+                progress.phase("contention")
                 run_contention(setups, servers, profile, results, progress)
             if "workers" in args.phases:
+                progress.phase("throughput by workers")
                 run_workers(setups, profile, results, progress)
             if "value" in args.phases:
+                progress.phase("value size")
                 run_value_size(setups, profile, results, progress)
             if "size" in args.phases:
+                progress.phase("store size")
                 run_store_size(setups, profile, results, progress)
         finally:
             progress.close()
@@ -306,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wall time {results.meta['wall_seconds']:.0f} s; wrote "
           + ", ".join(str(path) for path in [*written, *(
               args.output / name for name in results.meta.get("plots", []))]))
+    if not args.save and args.output.resolve() == LOCAL_RESULTS.resolve():
+        print("(a local run, ignored by git: --save writes the published results in "
+              "benchmarks/results/)")
     missed = [c for c in report.evaluate(results) if c.status == report.MISSED]
     return 1 if args.strict and missed else 0
 

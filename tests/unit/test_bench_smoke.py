@@ -6,12 +6,17 @@ available checks, the tables, JSON round trip, markdown and plots.
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from benchmarks import __main__ as bench_main
 from benchmarks import contention, plots, report, suites
 from benchmarks.scaling import Point
 from benchmarks.suites import OperationResult
@@ -182,3 +187,114 @@ def test_measure_interleaves_every_variant() -> None:
                     Settings(rounds=3, round_seconds=0.001, max_ops_per_round=4))
     assert {name: s.rounds for name, s in stats.items()} == {"a": 3, "b": 3}
     assert all(len(s.samples) == 3 for s in stats.values())
+
+
+# Where a run writes, and how it reports progress (issue 13, item 9).
+
+def test_a_run_writes_the_ignored_folder_unless_saved() -> None:
+    assert bench_main.parse_args([]).output == bench_main.LOCAL_RESULTS
+    assert bench_main.parse_args(["--quick"]).output == bench_main.LOCAL_RESULTS
+    assert bench_main.parse_args(["--save"]).output == bench_main.RESULTS
+    assert Path(bench_main.__file__).resolve().parent / "results" == bench_main.RESULTS
+    assert bench_main.LOCAL_RESULTS.parent == bench_main.RESULTS
+    assert bench_main.parse_args(["--output", "elsewhere"]).output == Path("elsewhere")
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(["--save", "--output", "elsewhere"])
+
+
+def test_the_default_folder_is_ignored_by_git_and_the_published_one_is_not() -> None:
+    root = Path(bench_main.__file__).resolve().parents[1]
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+
+    def ignored(path: Path) -> bool:
+        done = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(root))],
+                              cwd=root, capture_output=True, timeout=30, check=False)
+        assert done.returncode in (0, 1), done.stderr
+        return done.returncode == 0
+
+    for name in ("latest.json", "latest.md", "ratios.png", "workers.png"):
+        assert ignored(bench_main.LOCAL_RESULTS / name)
+        assert not ignored(bench_main.RESULTS / name)
+
+
+def saved_run(tmp_path: Path) -> Path:
+    results = synthetic()
+    results.meta["wall_seconds"] = 1.0
+    source = tmp_path / "saved.json"
+    source.write_text(json.dumps(results.to_json(), allow_nan=False))
+    return source
+
+
+def test_main_writes_local_by_default_and_published_with_save(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    published, local = tmp_path / "results", tmp_path / "results" / "local"
+    monkeypatch.setattr(bench_main, "RESULTS", published)
+    monkeypatch.setattr(bench_main, "LOCAL_RESULTS", local)
+    source = saved_run(tmp_path)
+
+    assert bench_main.main(["--from-json", str(source), "--no-plots"]) == 0
+    assert sorted(p.name for p in local.iterdir()) == ["latest.json", "latest.md"]
+    assert sorted(p.name for p in published.iterdir()) == ["local"]  # nothing published
+    assert "--save writes the published results" in capsys.readouterr().out
+
+    assert bench_main.main(["--from-json", str(source), "--no-plots", "--save"]) == 0
+    assert {p.name for p in published.iterdir()} == {"local", "latest.json", "latest.md"}
+    assert json.loads((published / "latest.json").read_text())["meta"]["mode"] == "quick"
+    assert "--save writes" not in capsys.readouterr().out
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def drive(progress: bench_main.Progress) -> None:
+    for phase in ("operations", "contention"):
+        progress.phase(phase)
+        for index in range(3):
+            progress.label(f"{phase}: step {index}")
+            progress.step()
+    progress.close()
+
+
+def test_progress_off_a_terminal_is_plain_lines() -> None:
+    stream = io.StringIO()
+    progress = bench_main.Progress(6, stream)
+    assert progress.bar is None
+    drive(progress)
+    text = stream.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert len(lines) == 3, lines  # one per phase, one at the end
+    assert lines[0].startswith("bench [0/6 steps") and lines[0].endswith("operations")
+    assert lines[1].startswith("bench [3/6 steps") and lines[1].endswith("contention")
+    assert lines[2].startswith("bench [6/6 steps") and lines[2].endswith("done")
+
+
+def test_progress_on_a_terminal_is_a_bar() -> None:
+    stream = FakeTerminal()
+    progress = bench_main.Progress(6, stream)
+    assert progress.bar is not None
+    drive(progress)
+    assert "\r" in stream.getvalue()  # the bar redraws in place: the case the check avoids
+
+
+def test_a_redirected_run_prints_no_carriage_return(tmp_path: Path) -> None:
+    # The real command on one tiny phase (about 4 s), both streams to files.
+    root = Path(bench_main.__file__).resolve().parents[1]
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--quick", "--backends", "memory",
+             "--phases", "ops", "--no-plots", "--output", str(tmp_path / "out")],
+            cwd=root, stdout=stdout, stderr=stderr, timeout=120, check=False)
+    report_text, progress_text = out.read_text(), err.read_text()
+    assert done.returncode == 0, progress_text
+    assert "\r" not in report_text and "\r" not in progress_text
+    assert "memory" in report_text and "wrote" in report_text
+    lines = progress_text.splitlines()
+    assert lines[0].startswith("bench [0/") and lines[0].endswith("operations"), lines
+    assert lines[-1].endswith("done"), lines
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["latest.json", "latest.md"]
