@@ -25,11 +25,13 @@ from kvs import core
 
 
 def reset_registry() -> None:
-    """Forget every store and declared-store provider of this process (tests only)."""
+    """Forget every store, declared-store provider and the service's ``[kvs]``
+    defaults (see :func:`kvs.register_opts`) of this process (tests only)."""
     from kvs import provider
 
     provider.reset_providers()
     core._clear_registry()
+    core.use_service_defaults(None)
 
 
 @contextlib.contextmanager
