@@ -21,6 +21,7 @@ define make_venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip uninstall -q -y kvs 2>/dev/null || true
+	rm -rf kvs.egg-info
 endef
 
 $(RUN_STAMP): setup.cfg setup.py pyproject.toml
