@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from dogpile.cache.api import NO_VALUE, BytesBackend, NoValue
+from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, NoValue
 
 from kvs import durations, exception
 
@@ -168,6 +168,8 @@ class LeaseBackend(BytesBackend, abc.ABC):
     #: Backend arguments: name -> spec.  Subclasses extend this dict.
     arguments: ClassVar[dict[str, ArgumentSpec]] = {
         "max_value_size": ArgumentSpec("int", default=None, minimum=1),
+        # Seconds dogpile's get_or_create mutex (a lease) lasts: see kvs.backends.mutex.
+        "mutex_timeout": ArgumentSpec("float", default=30.0, minimum=0.1),
     }
 
     #: Largest serialized value (bytes) the backend itself can hold.
@@ -202,6 +204,14 @@ class LeaseBackend(BytesBackend, abc.ABC):
         for name, value in arguments.items():
             parsed[name] = cls.arguments[name].parse(name, value)
         return parsed
+
+    def get_mutex(self, key: str) -> CacheMutex:
+        """dogpile's creation lock for ``key``: this backend's lease on it, so
+        ``get_or_create`` runs one creator across every process (see
+        :mod:`kvs.backends.mutex`)."""
+        from kvs.backends.mutex import LeaseMutex
+
+        return LeaseMutex(self, key, float(self.options.get("mutex_timeout") or 30.0))
 
     @classmethod
     def backend_name(cls) -> str:

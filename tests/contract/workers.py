@@ -34,3 +34,20 @@ def increment_with_lock(config: dict[str, Any], name: str, times: int) -> list[i
             assert lock.fence is not None
             fences.append(lock.fence)
     return fences
+
+
+def memoized_call(config: dict[str, Any], name: str, runs_file: str, argument: int) -> Any:
+    """Call a slow memoized function once; each run of its body appends a line to runs_file."""
+    import os
+    import time
+
+    store = _store(config, name)
+
+    @store.memoize(namespace="contract")
+    def slow_square(x: int) -> tuple[int, int]:
+        with open(runs_file, "a") as runs:
+            runs.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return (x, x * x)
+
+    return slow_square(argument)

@@ -1,0 +1,71 @@
+"""dogpile's per-key mutex on a kvs backend: a lease, so single flight holds across processes.
+
+dogpile's ``get_or_create`` (and so ``cache_on_arguments`` and
+:meth:`kvs.KeyValueStore.memoize`) takes ``backend.get_mutex(key)`` before it
+runs a creator, so that one caller regenerates a value while the others wait
+or keep serving the old one.  A stock in-process lock does that for one
+process only; :class:`LeaseMutex` takes the backend's own lease on the key,
+the one :meth:`kvs.KeyValueStore.get_lock` takes, so every process and host
+sharing the backend sees it.
+
+The lease lasts ``ttl`` seconds (the backend argument ``mutex_timeout``): a
+creator that runs longer, or a holder that crashed, lets the next caller
+regenerate too.  That costs a duplicate computation, never a wrong value, so
+it is the right trade for a cache lock; writes that must not overlap use
+:meth:`~kvs.KeyValueStore.get_lock`, whose writes are fenced.
+
+Thread-safe: dogpile shares one mutex per key among the threads of a region.
+A ``threading.Lock`` orders those threads; each acquisition then takes the
+lease with a token of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from dogpile.cache.api import CacheMutex
+
+LOG = logging.getLogger(__name__)
+
+
+class LeaseMutex(CacheMutex):
+    """A dogpile ``CacheMutex`` that is the backend's lease on ``key``."""
+
+    def __init__(self, backend: Any, key: str, ttl: float) -> None:
+        self._backend = backend
+        self._key = key
+        self._ttl = ttl
+        self._local = threading.Lock()
+        self._token: str | None = None
+
+    def acquire(self, wait: bool = True) -> bool:
+        if not self._local.acquire(wait):
+            return False
+        try:
+            token = os.urandom(16).hex()
+            while self._backend.acquire_lease(self._key, token, self._ttl) is None:
+                if not wait:
+                    self._local.release()
+                    return False
+                # Woken when the holder releases; the lease expires within ttl anyway.
+                self._backend.wait_for_release(self._key, self._ttl)
+        except BaseException:
+            self._local.release()
+            raise
+        self._token = token
+        return True
+
+    def release(self) -> None:
+        token, self._token = self._token, None
+        try:
+            if token is not None and not self._backend.release_lease(self._key, token):
+                LOG.debug("dogpile mutex on key %r had expired before its release "
+                          "(the creator ran past mutex_timeout)", self._key)
+        finally:
+            self._local.release()
+
+    def locked(self) -> bool:
+        return self._local.locked() or self._backend.lease_info(self._key) is not None
