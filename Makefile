@@ -13,7 +13,7 @@ CONFIG ?= etc/kvs.conf
 # results: make bench BENCH_ARGS=--save
 BENCH_ARGS ?=
 
-.PHONY: run test lint typecheck unit functional bench bench-quick soak servers sample-config clean
+.PHONY: run test lint typecheck unit functional bench bench-quick soak servers sample-config clean docs
 
 # The distribution was called kvs before dogpile-kvs: a venv made then drops it,
 # or both would register kvs's backends and command.
@@ -63,6 +63,10 @@ bench-quick: $(STAMP) servers
 
 soak: $(STAMP) servers
 	$(PY) -m benchmarks.soak
+
+# The API reference (Sphinx autodoc, doc/source), warnings as errors.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html doc/source build/docs
 
 sample-config: $(RUN_STAMP)
 	$(VENV)/bin/oslo-config-generator --namespace kvs --namespace kvs.provider --output-file etc/kvs.conf.sample
