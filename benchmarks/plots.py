@@ -28,6 +28,15 @@ from benchmarks.targets import TARGETS
 
 COLOURS = dict(zip(BACKENDS, ("tab:green", "tab:blue", "tab:red", "tab:purple")))
 
+#: How the plots name each side of a comparison and each operation.
+ROLE_LABELS = {"kvs": "kvs", "raw": "raw client", "dogpile": "plain dogpile region"}
+OPERATION_LABELS = {
+    "get 100B": "get (100 B)", "get 10KB": "get (10 KB)",
+    "set 100B": "set (100 B)", "set 10KB": "set (10 KB)",
+    "get_multi 100": "get_multi (100 keys)", "set_multi 100": "set_multi (100 keys)",
+    "update": "update()", "locked write": "locked write",
+}
+
 
 def _draw(axes: Axes, points: Sequence[Point], operation: str) -> None:
     """One line per backend and role for the series ending in ``operation``."""
@@ -40,7 +49,8 @@ def _draw(axes: Axes, points: Sequence[Point], operation: str) -> None:
         line.sort(key=lambda p: p.x)
         axes.plot([p.x for p in line], [p.y for p in line], marker="o", markersize=3,
                   linestyle="-" if role == "kvs" else "--",
-                  color=COLOURS.get(backend, "black"), label=f"{backend} {role}")
+                  color=COLOURS.get(backend, "black"),
+                  label=f"{backend}: {ROLE_LABELS.get(role, role)}")
     axes.grid(True, which="both", alpha=0.3)
     if lines:
         axes.legend(fontsize=7, loc="best", framealpha=0.6)
@@ -70,7 +80,7 @@ def store_size(results: RunResults, path: Path) -> Path | None:
         axes.set_xscale("log")
         axes.set_ylim(bottom=0)
         axes.set_xlabel("keys in the store")
-        axes.set_title(f"kvs {operation} cost vs store size (should be flat)")
+        axes.set_title(f"{operation} latency vs store size")
     grid[0].set_ylabel("µs per operation (median)")
     return _save(figure, path)
 
@@ -116,9 +126,10 @@ def ratios(results: RunResults, path: Path) -> Path | None:
     axes.axhline(1.0, color="grey", linewidth=0.8)
     axes.set_yscale("log")
     axes.set_xticks(range(len(operations)))
-    axes.set_xticklabels(operations, rotation=20, fontsize=8)
-    axes.set_ylabel("kvs time / raw client time (log)")
-    axes.set_title("kvs vs raw client (black ticks: targets of issues 3 and 4)")
+    axes.set_xticklabels([OPERATION_LABELS.get(op, op) for op in operations], rotation=20,
+                         fontsize=8)
+    axes.set_ylabel("kvs time / raw client time (log scale)")
+    axes.set_title("Time of a kvs call relative to the raw client (black ticks: targets)")
     axes.legend(fontsize=8)
     axes.grid(True, axis="y", which="both", alpha=0.3)
     return _save(figure, path)
