@@ -129,6 +129,18 @@ _SSL_CERT_REQS = ("none", "optional", "required")
 #: call TIME before writing need 5.0).
 MIN_REDIS_VERSION = (6, 0)
 
+#: What an error message calls each backend method: the store operation a user
+#: called, never the backend's internal method name.
+_OPERATION_WORDS = {
+    "get_serialized": "get", "get_serialized_multi": "get", "acquire_lease_and_get": "lock",
+    "plain_set": "set", "plain_set_multi": "set", "fenced_set": "set",
+    "fenced_set_and_release": "set", "plain_delete": "delete", "delete_multi": "delete",
+    "fenced_delete": "delete", "acquire_lease": "lock", "wait_for_release": "lock",
+    "release_lease": "unlock", "extend_lease": "extend lock", "persist_lease": "extend lock",
+    "break_lease": "break lock", "lease_info": "lease info", "ping": "ping",
+    "_connect": "connect",
+}
+
 
 def check_url(url: str) -> None:
     """Parse ``url`` as redis-py will, at configure time; ConfigurationError if it cannot.
@@ -653,7 +665,7 @@ return #KEYS
         """BackendUnavailable for a redis-py error (see :mod:`kvs.errors`); else None."""
         if isinstance(exc, exception.KVSError) or not self._is_redis_error(exc):
             return None
-        return self._unavailable(operation.lstrip("_"), exc)
+        return self._unavailable(_OPERATION_WORDS.get(operation, "request"), exc)
 
     @staticmethod
     def _is_redis_error(exc: BaseException) -> bool:
