@@ -8,12 +8,19 @@ in ``keystone-manage``).  Without ``--config-file`` the command reads
 path for project ``kvs`` (``~/.kvs/kvs.conf``, ``~/kvs.conf``,
 ``/etc/kvs/kvs.conf``, ``/etc/kvs.conf``).
 
+``python -m kvs`` and ``python -m kvs.cli`` run it too; ``kvs --version``
+prints ``kvs <version>``.
+
 Exit statuses (see :data:`EXIT_STATUSES`): 0 success; 1 not found, a failed
 check or a declined confirmation; 2 usage or configuration error (unknown
-store, missing config file); 3 backend unavailable; 4 lease held by another
-holder (or lost), or endpoint locked out; 130 interrupted.  Errors are one
-line on stderr; ``--debug`` adds the traceback.  Nothing printed contains a
-secret of the configuration (see :class:`kvs.cli.output.Scrubber`).
+store, missing or unreadable config file or directory, no config found for
+``stores``, a VALUE that is broken JSON); 3 backend unavailable; 4 lease held
+by another holder (or lost), or endpoint locked out; 5 a stored value cannot
+be read (corrupt or tampered); 70 internal error (a bug); 130 interrupted.
+Errors are one line on stderr (``kvs: MESSAGE``; with ``--format json`` the
+JSON object ``{"error": MESSAGE, "status": N}``, and all of stderr is JSON
+lines); ``--debug`` adds the traceback.  Nothing printed contains a secret of
+the configuration (see :class:`kvs.cli.output.Scrubber`).
 
 Modules: :mod:`~kvs.cli.parsers` (the command line), :mod:`~kvs.cli.session`
 (configuration, stores, output, exit statuses), one module per group of
@@ -28,6 +35,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -41,10 +49,12 @@ from kvs.cli.declared import cmd_endpoints, cmd_watch
 from kvs.cli.health import cmd_bench, cmd_check, cmd_demo
 from kvs.cli.leases import cmd_lock, cmd_unlock
 from kvs.cli.output import Scrubber, to_json
-from kvs.cli.parsers import COMMAND_NAMES, cli_opts
+from kvs.cli.parsers import COMMAND_NAMES, CommandConfigOpts, cli_opts
 from kvs.cli.session import (
     CHECKOUT_CONFIG,
+    EXIT_DATA,
     EXIT_FAILED,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_OK,
@@ -64,19 +74,33 @@ COMMANDS: dict[str, Callable[[Session], int]] = {
 }
 
 
+#: Errors that are the configuration's or the command line's fault (status 2).
+USAGE_ERRORS: tuple[type[BaseException], ...] = (
+    exception.ConfigurationError, exception.InvalidKey, exception.NotConfigured,
+    exception.AlreadyConfigured, exception.SerializationError, exception.ValueTooLarge,
+    exception.UnsupportedProxy, exception.UnconfirmedWrite, exception.CalibrationError,
+    cfg.Error)
+
+
 def status_of(error: BaseException) -> int:
-    """The exit status for an error a command raised."""
+    """The exit status for an error a command raised (see :data:`EXIT_STATUSES`).
+
+    Only a missing key is status 1 ("not found"); an error no command expects
+    is :data:`EXIT_INTERNAL`, never 1.
+    """
     if isinstance(error, Failure):
         return error.status
+    if isinstance(error, exception.NotFound):
+        return EXIT_FAILED
     if isinstance(error, exception.BackendUnavailable):
         return EXIT_UNAVAILABLE
     if isinstance(error, (exception.LockTimeout, exception.Locked)):
         return EXIT_LOCKED
-    if isinstance(error, (exception.ConfigurationError, exception.InvalidKey,
-                          exception.NotConfigured, exception.AlreadyConfigured,
-                          exception.SerializationError, exception.ValueTooLarge)):
+    if isinstance(error, (exception.CorruptValue, exception.TamperedValue)):
+        return EXIT_DATA
+    if isinstance(error, USAGE_ERRORS):
         return EXIT_USAGE
-    return EXIT_FAILED
+    return EXIT_INTERNAL
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -112,18 +136,28 @@ def default_config_files() -> list[str] | None:
 
 
 class ScrubbingFormatter(logging.Formatter):
-    def __init__(self, scrub: Scrubber) -> None:
+    """``kvs: warning: ...``; with ``as_json``, ``{"log": "warning", "message": "..."}``."""
+
+    def __init__(self, scrub: Scrubber, as_json: bool = False) -> None:
         super().__init__("kvs: %(levelname)s: %(message)s")
         self._scrub = scrub
+        self._json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()
+        if self._json:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self.formatException(record.exc_info)
+            return to_json({"log": record.levelname, "message": self._scrub(message)},
+                           indent=None)
         return self._scrub(super().format(record))
 
 
-def _setup_logging(debug: bool, scrub: Scrubber, stderr: TextIO) -> logging.Handler:
+def _setup_logging(debug: bool, scrub: Scrubber, stderr: TextIO,
+                   as_json: bool = False) -> logging.Handler:
     handler = logging.StreamHandler(stderr)
-    handler.setFormatter(ScrubbingFormatter(scrub))
+    handler.setFormatter(ScrubbingFormatter(scrub, as_json))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -131,11 +165,33 @@ def _setup_logging(debug: bool, scrub: Scrubber, stderr: TextIO) -> logging.Hand
     return handler
 
 
-def load(conf: cfg.ConfigOpts, argv: Sequence[str], stderr: TextIO) -> int | None:
+def _load_error(error: BaseException) -> exception.ConfigurationError | None:
+    """The configuration error for what oslo.config or the OS raised while loading."""
+    if isinstance(error, cfg.ConfigDirNotFoundError):
+        return exception.ConfigurationError(
+            f"config directory not found: {error.config_dir}", option="config_dir")
+    if isinstance(error, cfg.ConfigFilesPermissionDeniedError):
+        return exception.ConfigurationError(
+            f"cannot read config file {', '.join(error.config_files)}: permission denied",
+            option="config_file")
+    if isinstance(error, OSError):  # a --config-file that is a directory, unreadable, ...
+        what = (error.strerror or type(error).__name__).lower()
+        where = f" {error.filename}" if error.filename else ""
+        return exception.ConfigurationError(f"cannot read config file{where}: {what}",
+                                            option="config_file")
+    if isinstance(error, cfg.Error):
+        return exception.ConfigurationError(f"invalid configuration: {error}")
+    return None
+
+
+def load(conf: cfg.ConfigOpts, argv: Sequence[str], stderr: TextIO,
+         as_json: bool = False) -> int | None:
     """Parse ``argv`` and the config files into ``conf``; an exit status if that ends the run.
 
     argparse prints usage and a message itself and exits; its output is
-    captured so that a usage error stays one line.
+    captured so that a usage error stays one line (a JSON object with
+    ``as_json``).  What oslo.config or the OS raise while reading the files
+    becomes a :class:`~kvs.exception.ConfigurationError`.
     """
     captured = io.StringIO()
     try:
@@ -148,10 +204,40 @@ def load(conf: cfg.ConfigOpts, argv: Sequence[str], stderr: TextIO) -> int | Non
             stderr.write(text)
             return EXIT_OK
         lines = [line for line in text.splitlines() if line.strip()]
-        stderr.write((lines[-1] if lines else "kvs: invalid arguments") + "\n")
+        message = lines[-1] if lines else "kvs: invalid arguments"
+        if as_json:
+            message = to_json({"error": re.sub(r"^kvs( [\w-]+)?: error: ", "", message),
+                               "status": EXIT_USAGE}, indent=None)
+        stderr.write(message + "\n")
         return EXIT_USAGE
+    except (cfg.Error, OSError) as error:
+        replacement = _load_error(error)
+        if replacement is None:
+            raise
+        raise replacement from None
     stderr.write(captured.getvalue())
     return None
+
+
+def report(error: BaseException, status: int, stderr: TextIO, scrub: Scrubber,
+           as_json: bool, debug: bool) -> None:
+    """Print ``error`` on stderr: one line ``kvs: MESSAGE`` (the traceback before it with
+    ``debug``), or with ``as_json`` one JSON object ``{"error", "status"}`` (and
+    ``"traceback"`` with ``debug``)."""
+    message = error.message if isinstance(error, exception.KVSError) else str(error)
+    if not isinstance(error, (exception.KVSError, Failure, KeyboardInterrupt)):
+        message = f"unexpected {type(error).__name__}: {message}"
+    message = scrub(message)
+    if as_json:
+        data: dict[str, object] = {"error": message, "status": status}
+        if debug:
+            data["traceback"] = scrub(traceback.format_exc())
+        stderr.write(to_json(data, indent=None) + "\n")
+    else:
+        if debug:
+            stderr.write(scrub(traceback.format_exc()))
+        stderr.write(f"kvs: {message}\n")
+    stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
@@ -162,13 +248,14 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     stdin = stdin or sys.stdin
     scrub = Scrubber()
     debug = "--debug" in args
-    handler = _setup_logging(debug, scrub, stderr)
-    conf = cfg.ConfigOpts()
+    as_json = _format_in(args) == "json"
+    handler = _setup_logging(debug, scrub, stderr, as_json)
+    conf = CommandConfigOpts()
     conf.register_cli_opts(cli_opts())
     session: Session | None = None
     try:
         try:
-            ended = load(conf, args, stderr)
+            ended = load(conf, args, stderr, as_json)
         except exception.ConfigurationError as error:
             if _command_in(args) != "check":
                 raise
@@ -181,9 +268,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         scrub.add_from_config(conf)
         session = Session(conf, scrub, stdout, stderr, stdin)
         debug = debug or bool(session.arg("sub_debug"))
+        as_json = session.json
         return COMMANDS[session.command](session)
     except KeyboardInterrupt:
-        stderr.write("kvs: interrupted\n")
+        report(Failure("interrupted", EXIT_INTERRUPTED), EXIT_INTERRUPTED, stderr, scrub,
+               as_json, debug=False)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (kvs watch | head): stop quietly.
@@ -191,14 +280,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
         return EXIT_OK
     except Exception as error:  # one line per error, no traceback unless --debug
-        if debug:
-            stderr.write(scrub(traceback.format_exc()))
-        message = error.message if isinstance(error, exception.KVSError) else str(error)
-        if not isinstance(error, (exception.KVSError, Failure)):
-            message = f"unexpected {type(error).__name__}: {message}"
-        stderr.write(f"kvs: {scrub(message)}\n")
-        stderr.flush()
-        return status_of(error)
+        status = status_of(error)
+        report(error, status, stderr, scrub, as_json, debug)
+        return status
     finally:
         if session is not None:
             session.close()

@@ -6,8 +6,8 @@ from typing import Any
 
 from kvs import core, exception
 from kvs.cli.leases import acquire
-from kvs.cli.output import parse_value, show_value, table
-from kvs.cli.session import EXIT_OK, Session
+from kvs.cli.output import BrokenValue, parse_value, show_value, table
+from kvs.cli.session import EXIT_OK, EXIT_USAGE, Failure, Session
 
 
 def ping(store: core.KeyValueStore) -> str | None:
@@ -20,18 +20,42 @@ def ping(store: core.KeyValueStore) -> str | None:
 
 
 def cmd_stores(session: Session) -> int:
-    rows = []
-    for name, store in sorted(session.stores.items()):
-        problem = ping(store)
-        rows.append({"store": name, "backend": store.backend_name,
-                     "reachable": problem is None, "endpoints": len(session.declared(name)),
+    if not session.config_files:
+        raise Failure("no config file found: give --config-file (kvs --help lists the "
+                      "files searched)", EXIT_USAGE)
+    if not session.names:
+        raise Failure(f"no [store:NAME] section in {', '.join(session.config_files)}",
+                      EXIT_USAGE)
+    rows, broken = [], []
+    for name, found in sorted(session.all_stores().items()):
+        if isinstance(found, exception.KVSError):
+            # A broken section is listed, not fatal: the other stores still work.
+            problem: str | None = found.message
+            broken.append(found.message)
+            backend, endpoints = _configured_backend(session, name), None
+        else:
+            problem = ping(found)
+            backend, endpoints = found.backend_name, len(session.declared(name))
+        rows.append({"store": name, "backend": backend, "reachable": problem is None,
+                     "endpoints": endpoints,
                      **({"error": session.scrub(problem)} if problem else {})})
     session.emit(rows, table(["store", "backend", "reachable", "endpoints"],
                              [[row["store"], row["backend"], row["reachable"], row["endpoints"]]
                               for row in rows]))
-    if not rows:
-        session.note(f"kvs: no store configured ({session._where()})")
+    if not session.json:  # JSON has them in "error"
+        for message in broken:
+            session.note(f"kvs: {message}")
     return EXIT_OK
+
+
+def _configured_backend(session: Session, name: str) -> str | None:
+    """The ``backend`` option of a broken section, if it can be read."""
+    from kvs import conf as kvs_conf
+
+    try:
+        return str(session.conf[kvs_conf.STORE_GROUP_PREFIX + name].backend)
+    except Exception:  # the option itself may be what is broken
+        return None
 
 
 def cmd_get(session: Session) -> int:
@@ -50,7 +74,12 @@ def _declared(session: Session, store: str, key: str) -> Any:
 
 def cmd_set(session: Session) -> int:
     name, key = session.arg("store"), session.arg("key")
-    value = parse_value(session.arg("value"))
+    value = session.arg("value")
+    if not session.arg("string"):
+        try:
+            value = parse_value(value)
+        except BrokenValue as error:
+            raise Failure(str(error), EXIT_USAGE) from None
     ttl, locked = session.arg("ttl"), session.arg("locked")
     store = session.store(name)
     declared = _declared(session, name, key)

@@ -89,8 +89,9 @@ def cmd_check(session: Session) -> int:
         table(["store", "backend", "status"],
               [[row["store"], row["backend"], "ok" if row["ok"] else "FAILED"]
                for row in rows]))
-    for problem in problems:
-        session.note(f"kvs: {problem}")
+    if not session.json:  # the JSON lists them in "problems"
+        for problem in problems:
+            session.note(f"kvs: {problem}")
     return EXIT_FAILED if problems else EXIT_OK
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -27,12 +28,55 @@ MASK = "***"
 
 # -- values --------------------------------------------------------------------
 
+class BrokenValue(ValueError):
+    """A ``kvs set`` VALUE that looks like JSON but does not parse."""
+
+
+#: Text a person means as a number: digits with a sign, dot, exponent, ``_`` or ``0x``.
+LOOKS_NUMERIC = re.compile(
+    r"[+-]?(0[xX][0-9a-fA-F_]+|(?=[._]*[0-9])[0-9_]*\.?[0-9_]*([eE][+-]?[0-9_]*)?)")
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_value(text: str) -> Any:
-    """A ``kvs set`` VALUE: JSON when it parses, otherwise the text itself."""
+    """A ``kvs set`` VALUE: strict JSON when it parses, otherwise the text itself.
+
+    Text that looks like JSON (starting with ``[``, ``{`` or ``"``) or like a
+    number (``01``, ``+1``, ``.5``, ``1_000``) but does not parse raises
+    :class:`BrokenValue` instead of being stored as a string by mistake.
+    ``NaN`` and ``Infinity`` are no JSON: they are plain words.
+    """
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as error:
+        stripped = text.strip()
+        if stripped[:1] in ("[", "{", '"'):
+            why = f"VALUE starts like JSON but is not valid JSON ({error})"
+        elif LOOKS_NUMERIC.fullmatch(stripped):
+            why = "VALUE looks like a number but is not a JSON number"
+        else:
+            return text
+        raise BrokenValue(f"{why}; fix it, or give --string to store it as text") from None
+
+
+#: What JSON output shows for floats JSON cannot represent.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def finite(value: Any) -> Any:
+    """``value`` with each NaN or infinite float replaced by ``"NaN"``, ``"Infinity"``
+    or ``"-Infinity"`` (tuples and sets become lists)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE[repr(value)]
+    if isinstance(value, dict):
+        return {finite(key) if isinstance(key, float) else key: finite(item)
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [finite(item) for item in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -45,9 +89,11 @@ def _json_default(value: Any) -> Any:
 
 
 def to_json(value: Any, indent: int | None = 2) -> str:
-    """JSON text of ``value``; bytes become ``{"base64": "..."}``."""
-    return json.dumps(value, default=_json_default, indent=indent, ensure_ascii=False,
-                      sort_keys=False)
+    """Strict JSON text of ``value``: bytes become ``{"base64": "..."}``, NaN and
+    infinities the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (never the bare
+    words, which are no JSON)."""
+    return json.dumps(finite(value), default=_json_default, indent=indent, ensure_ascii=False,
+                      sort_keys=False, allow_nan=False)
 
 
 def show_value(value: Any) -> str:

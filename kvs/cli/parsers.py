@@ -3,11 +3,73 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from oslo_config import cfg
 
-from kvs.cli.session import FORMATS
+import kvs
+from kvs.cli.session import CHECKOUT_CONFIG, FORMATS
+
+
+def search_places() -> list[str]:
+    """Where oslo.config looks for ``kvs.conf`` and ``kvs.conf.d`` (project ``kvs``), in
+    order, home written ``~``: the first place that has one wins."""
+    places = ["~/.kvs/", "~/", "/etc/kvs/", "/etc/"]
+    for variable in ("SNAP_COMMON", "SNAP"):
+        if os.environ.get(variable):
+            places.append(os.path.join(os.environ[variable], "etc", "kvs") + os.sep)
+    return places
+
+
+def _found(paths: Sequence[str]) -> str:
+    home = os.path.expanduser("~")
+    shown = [("~" + path[len(home):]) if home != "/" and path.startswith(home + os.sep) else path
+             for path in paths]
+    return ", ".join(shown) or "none"
+
+
+def config_file_help(found: Sequence[str]) -> str:
+    """``--config-file`` help: the files the command reads without it."""
+    places = search_places()
+    text = (f"Config file to read; repeat it for more (later files win). Default: "
+            f"{CHECKOUT_CONFIG} when it exists (running from a checkout), else the first of "
+            f"{', '.join(place + 'kvs.conf' for place in places)} that exists "
+            f"(found now: {_found(found)}).")
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def config_dir_help(found: Sequence[str]) -> str:
+    """``--config-dir`` help: the directory read without it."""
+    places = search_places()
+    text = (f"Directory whose *.conf files are read, sorted by name, after the config "
+            f"files. Default: the first of "
+            f"{', '.join(place + 'kvs.conf.d' for place in places)} that exists, read also "
+            f"with --config-file (found now: {_found(found)}).")
+    return text.replace("%", "%%")
+
+
+class CommandConfigOpts(cfg.ConfigOpts):
+    """The command's ``ConfigOpts``: ``--version``, and ``--config-file``/``--config-dir``
+    help naming the files actually searched (oslo's stock help is generic).
+
+    :func:`kvs.loader.load_config` parses it like any ``ConfigOpts``.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("version", f"kvs {kvs.__version__}")
+        super().__call__(*args, **kwargs)
+
+    @staticmethod
+    def _make_config_options(default_config_files: list[str],
+                             default_config_dirs: list[str]) -> list[cfg.Opt]:
+        opts = cfg.ConfigOpts._make_config_options(default_config_files, default_config_dirs)
+        helps = {"config-file": config_file_help(default_config_files),
+                 "config-dir": config_dir_help(default_config_dirs)}
+        for opt in opts:
+            opt.help = helps.get(opt.name, opt.help)
+        return opts
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +119,10 @@ def add_command_parsers(subparsers: Any) -> None:
     parser.add_argument("store")
     parser.add_argument("key")
     parser.add_argument("value", help="JSON (42, 1.5, true, null, [1], {\"a\": 1}, \"text\") "
-                                      "or plain text")
+                                      "or plain text; text that looks like JSON (starts "
+                                      "with [, { or \", or looks like a number) must parse")
+    parser.add_argument("--string", action="store_true",
+                        help="store VALUE as the text it is, never parsed as JSON")
     parser.add_argument("--ttl", type=_seconds, default=None,
                         help="seconds until the value expires")
     parser.add_argument("--locked", action="store_true",

@@ -21,6 +21,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_LOCKED = 4
+EXIT_DATA = 5
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 EXIT_STATUSES = {
@@ -30,6 +32,9 @@ EXIT_STATUSES = {
                 "file, unknown store)",
     EXIT_UNAVAILABLE: "backend unavailable",
     EXIT_LOCKED: "lease held by another holder (or lost), or endpoint locked out",
+    EXIT_DATA: "a stored value cannot be read (corrupt, or it fails its signature or "
+               "decryption check)",
+    EXIT_INTERNAL: "internal error: a bug in kvs or in a plugin (--debug shows the traceback)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -61,7 +66,9 @@ class Session:
         self.stdout = stdout
         self.stderr = stderr
         self.stdin = stdin
-        self._stores: dict[str, core.KeyValueStore] | None = None
+        self._stores: dict[str, core.KeyValueStore] = {}
+        self._broken: dict[str, exception.KVSError] = {}
+        self._backends_registered = False
         self._providers: dict[str, Any] = {}
 
     # -- arguments ----------------------------------------------------------
@@ -98,13 +105,19 @@ class Session:
         return f"config files: {', '.join(files)}" if files else "no config file found"
 
     @property
-    def stores(self) -> dict[str, core.KeyValueStore]:
-        """Every configured store (configured on first use)."""
-        if self._stores is None:
-            loader.register_extra_backends(self.conf)
-            self._stores = {name: configure_store(self.conf, name)
-                            for name in loader.store_names(self.conf)}
-        return self._stores
+    def names(self) -> list[str]:
+        """The ``[store:NAME]`` sections of the configuration."""
+        return loader.store_names(self.conf)
+
+    def all_stores(self) -> dict[str, core.KeyValueStore | exception.KVSError]:
+        """Every store section: its store, or the error that keeps it from configuring."""
+        found: dict[str, core.KeyValueStore | exception.KVSError] = {}
+        for name in self.names:
+            try:
+                found[name] = self.store(name)
+            except (exception.ConfigurationError, exception.AlreadyConfigured) as error:
+                found[name] = error
+        return found
 
     def declared(self, name: str) -> list[str]:
         """The endpoints ``[store:<name>]`` declares, from the configuration alone."""
@@ -123,13 +136,27 @@ class Session:
         return self._providers[name]
 
     def store(self, name: str) -> core.KeyValueStore:
-        stores = self.stores
-        if name not in stores:
-            known = ", ".join(sorted(stores)) or "none"
+        """Store ``name``, configured on first use, alone: a broken section of another
+        store does not stop commands on this one."""
+        if name in self._stores:
+            return self._stores[name]
+        if name in self._broken:
+            raise self._broken[name]
+        names = self.names
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
             raise exception.ConfigurationError(
                 f"unknown store {name!r} (configured stores: {known}; {self._where()})",
                 option="store")
-        return stores[name]
+        if not self._backends_registered:
+            loader.register_extra_backends(self.conf)
+            self._backends_registered = True
+        try:
+            self._stores[name] = configure_store(self.conf, name)
+        except (exception.ConfigurationError, exception.AlreadyConfigured) as error:
+            self._broken[name] = error
+            raise
+        return self._stores[name]
 
     # -- output -------------------------------------------------------------
 
@@ -149,8 +176,12 @@ class Session:
         self.stdout.flush()
 
     def note(self, text: str) -> None:
-        """One line on stderr (never secret-bearing, but scrubbed anyway)."""
-        self.stderr.write(self.scrub(text) + "\n")
+        """One line on stderr (never secret-bearing, but scrubbed anyway); with
+        ``--format json`` a JSON object ``{"note": text}``."""
+        text = self.scrub(text)
+        if self.json:
+            text = to_json({"note": text.removeprefix("kvs: ")}, indent=None)
+        self.stderr.write(text + "\n")
         self.stderr.flush()
 
     def close(self) -> None:

@@ -56,17 +56,19 @@ STORES = """\
 
 
 class Kvs:
-    """Runs ``python -m kvs.cli`` with one config file, in a sandbox directory."""
+    """Runs ``python -m kvs.cli`` (or ``module``) with one config file, in a sandbox
+    directory."""
 
-    def __init__(self, workdir: Path, config: Path | None) -> None:
+    def __init__(self, workdir: Path, config: Path | None, module: str = "kvs.cli") -> None:
         self.workdir = workdir
         self.config = config
+        self.module = module
         self.env = {**os.environ, "HOME": str(workdir), "PYTHONUNBUFFERED": "1"}
         self.secrets = [SECRET_KEY, ACL_PASSWORD, UNIX_PASSWORD]
 
     def argv(self, *args: str) -> list[str]:
         config = ["--config-file", str(self.config)] if self.config is not None else []
-        return [sys.executable, "-m", "kvs.cli", *config, *args]
+        return [sys.executable, "-m", self.module, *config, *args]
 
     def __call__(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(self.argv(*args), capture_output=True, text=True,
@@ -207,6 +209,22 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The stderr of a command failed under ``--format json``: one JSON object, whose
+    ``status`` is the exit status."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    error = json.loads(lines[0], parse_constant=_no_constant)
+    assert isinstance(error, dict) and isinstance(error["error"], str)
+    assert error["status"] == result.returncode
+    assert "Traceback" not in error["error"]
+    return error
+
+
+def _no_constant(name: str) -> Any:
+    raise AssertionError(f"{name} is not JSON")
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -257,7 +275,8 @@ def test_set_get_delete_round_trip(kvs: Kvs) -> None:
     again = kvs("--format", "json", "delete", "plain", "basket")
     assert again.returncode == 1
     assert again.stdout == ""
-    one_error_line(again)
+    assert json_error(again) == {"error": "key 'basket' not found in store 'plain'",
+                                 "status": 1}
 
 
 def test_set_with_ttl_expires(kvs: Kvs) -> None:
@@ -398,7 +417,7 @@ def test_lock_holds_until_ctrl_c_and_blocks_others(kvs: Kvs, running: list[Runni
     shown = kvs("--format", "json", "unlock", "plain", "door")
     assert shown.returncode == 4
     assert json.loads(shown.stdout)["lease"]["token"] == acquired["token"]
-    assert "--force" in one_error_line(shown)
+    assert "--force" in json_error(shown)["error"]
 
     # The lease outlives its 3 s lock_timeout: the holder renews it.
     time.sleep(4.0)
@@ -749,3 +768,238 @@ def test_wrong_redis_password_is_unavailable_and_not_printed(
     assert result.returncode == 3
     assert "authentication" in result.stderr.strip().splitlines()[-1]
     assert kvs.json("stores")[0]["reachable"] is False
+
+
+# -- the command a person expects (issue 13, item 7) ---------------------------------
+
+def test_python_m_kvs_runs_the_command(sqlite_kvs: Kvs) -> None:
+    as_package = Kvs(sqlite_kvs.workdir, sqlite_kvs.config, module="kvs")
+    result = as_package("stores")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == sqlite_kvs("stores").stdout
+    assert result.stdout.splitlines()[0].split() == ["store", "backend", "reachable",
+                                                     "endpoints"]
+    usage = as_package("--help")
+    assert usage.returncode == 0
+    assert usage.stdout.startswith("usage: kvs ")
+
+
+def test_version_prints_the_package_version(sqlite_kvs: Kvs, tmp_path: Path) -> None:
+    import kvs as package
+
+    for runner in (sqlite_kvs, Kvs(tmp_path, None), Kvs(tmp_path, None, module="kvs")):
+        result = runner("--version")
+        assert (result.returncode, result.stdout, result.stderr) == (
+            0, f"kvs {package.__version__}\n", "")
+    assert "--version" in sqlite_kvs("--help").stdout
+
+
+def _help_of(result: subprocess.CompletedProcess[str], option: str) -> str:
+    """The help text of ``option`` in ``kvs --help``, its lines joined."""
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.split("\n  " + option + " ", 1)[1]
+    text = text.split("\n  -", 1)[0]
+    return " ".join(text.split())
+
+
+def test_help_shows_the_config_files_actually_searched(tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    config_file = _help_of(Kvs(bare, None)("--help"), "--config-file PATH")
+    assert "etc/kvs.conf" in config_file
+    for place in ("~/.kvs/kvs.conf", "~/kvs.conf", "/etc/kvs/kvs.conf", "/etc/kvs.conf"):
+        assert place in config_file, config_file
+    assert "found now: none" in config_file
+    assert "Defaults to" not in config_file  # oslo's generic text is replaced
+    config_dir = _help_of(Kvs(bare, None)("--help"), "--config-dir DIR")
+    assert "~/.kvs/kvs.conf.d" in config_dir and "/etc/kvs/kvs.conf.d" in config_dir
+
+    checkout = tmp_path / "checkout"
+    (checkout / "etc").mkdir(parents=True)
+    write_config(checkout / "etc", "[store:x]\nbackend = kvs.memory\n")
+    shown = _help_of(Kvs(checkout, None)("--help"), "--config-file PATH")
+    assert "found now: etc/kvs.conf" in shown
+
+
+def test_configuration_errors_exit_2(sqlite_kvs: Kvs, tmp_path: Path) -> None:
+    no_dir = sqlite_kvs("--config-dir", str(tmp_path / "nodir"), "stores")
+    assert no_dir.returncode == 2
+    line = one_error_line(no_dir)
+    assert "config directory not found" in line and "nodir" in line
+    assert "unexpected" not in line
+
+    a_dir = Kvs(tmp_path, tmp_path)("stores")
+    assert a_dir.returncode == 2
+    line = one_error_line(a_dir)
+    assert "is a directory" in line and str(tmp_path) in line
+    assert "unexpected" not in line
+
+    as_json = Kvs(tmp_path, tmp_path)("--format", "json", "get", "plain", "k")
+    assert as_json.returncode == 2
+    assert "is a directory" in json_error(as_json)["error"]
+
+    # check reports a config that does not load as its problem: status 1.
+    checked = sqlite_kvs("--config-dir", str(tmp_path / "nodir"), "check")
+    assert checked.returncode == 1
+    assert "config directory not found" in one_error_line(checked)
+
+
+def test_errors_under_format_json_are_json(sqlite_kvs: Kvs) -> None:
+    missing = sqlite_kvs("--format", "json", "get", "plain", "nope")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert json_error(missing) == {"error": "key 'nope' not found in store 'plain'",
+                                   "status": 1}
+    after = sqlite_kvs("get", "plain", "nope", "--format", "json")
+    assert json_error(after)["status"] == 1
+
+    unknown = sqlite_kvs("--format", "json", "get", "nosuch", "k")
+    assert unknown.returncode == 2
+    assert "unknown store 'nosuch'" in json_error(unknown)["error"]
+
+    usage = sqlite_kvs("--format", "json", "get", "plain")
+    assert usage.returncode == 2
+    assert "required" in json_error(usage)["error"]
+
+    debug = sqlite_kvs("--format", "json", "--debug", "get", "plain", "nope")
+    assert debug.returncode == 1
+    lines = debug.stderr.strip().splitlines()
+    error = json.loads(lines[-1])
+    assert error["status"] == 1 and "Traceback" in error["traceback"]
+    assert all(json.loads(line) for line in lines)  # nothing but JSON on stderr
+
+
+def test_json_output_never_holds_nan_or_infinity(sqlite_kvs: Kvs) -> None:
+    script = textwrap.dedent(f"""
+        import kvs
+        conf = kvs.load_config([{str(sqlite_kvs.config)!r}])
+        store = kvs.configure_stores(conf)["plain"]
+        store.set("odd", {{"nan": float("nan"), "up": [float("inf")], "down": float("-inf"),
+                          "fine": 1.5}})
+        store.set("alone", float("inf"))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=sqlite_kvs.workdir,
+                   timeout=COMMAND_TIMEOUT, env=sqlite_kvs.env)
+    result = sqlite_kvs("--format", "json", "get", "plain", "odd")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout, parse_constant=_no_constant)
+    assert data["value"] == {"nan": "NaN", "up": ["Infinity"], "down": "-Infinity", "fine": 1.5}
+    text = sqlite_kvs("get", "plain", "alone")  # the text output of get is JSON too
+    assert json.loads(text.stdout, parse_constant=_no_constant) == "Infinity"
+
+
+def test_set_refuses_broken_json_unless_string(sqlite_kvs: Kvs) -> None:
+    for broken in ("[1,2", '{"a": 1', '"unterminated', "01", "+1", ".5", "1e", "1_000",
+                   " [1, NaN]"):
+        refused = sqlite_kvs("set", "plain", "k", broken)
+        assert refused.returncode == 2, broken
+        line = one_error_line(refused)
+        assert "--string" in line and "JSON" in line
+    assert sqlite_kvs("get", "plain", "k").returncode == 1  # nothing was written
+
+    assert sqlite_kvs.json("set", "plain", "k", "[1,2", "--string")["value"] == "[1,2"
+    assert sqlite_kvs("get", "plain", "k").stdout == "[1,2\n"
+    assert sqlite_kvs.json("set", "plain", "k", "42", "--string")["value"] == "42"
+    # Plain words and JSON are as documented.
+    for text, value in (("hello world", "hello world"), ("1.2.3", "1.2.3"), ("NaN", "NaN"),
+                        ("2024-01-01", "2024-01-01"), ("-7.5", -7.5), ("[1, 2]", [1, 2]),
+                        ('"01"', "01"), ("true", True)):
+        assert sqlite_kvs.json("set", "plain", "k", text)["value"] == value, text
+    # argparse takes -7.5e2 for an option; after -- it is VALUE.
+    assert sqlite_kvs.json("set", "plain", "k", "--", "-7.5e2")["value"] == -750.0
+    assert "--string" in sqlite_kvs("set", "--help").stdout
+
+
+def test_stores_without_a_config_says_so_and_fails(tmp_path: Path) -> None:
+    nothing = Kvs(tmp_path, None)("stores")
+    assert nothing.returncode == 2
+    assert nothing.stdout == ""
+    line = one_error_line(nothing)
+    assert "no config file found" in line and "--config-file" in line
+
+    empty = write_config(tmp_path, "[kvs]\n", "empty.conf")
+    no_store = Kvs(tmp_path, empty)("--format", "json", "stores")
+    assert no_store.returncode == 2 and no_store.stdout == ""
+    assert "no [store:NAME] section" in json_error(no_store)["error"]
+
+
+INTERNAL_NAMES = ("get_serialized", "plain_set", "plain_delete", "fenced_set", "fenced_delete",
+                  "acquire_lease", "release_lease", "extend_lease", "break_lease",
+                  "lease_info", "persist_lease", "wait_for_release", "delete_multi",
+                  "_connect")
+
+
+def test_messages_never_name_internal_methods(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""\
+        [store:remote]
+        backend = kvs.redis
+        backend_argument = url:unix://{tmp_path / 'no.sock'}
+        """)
+    kvs = Kvs(tmp_path, config)
+    cases = ((["get", "remote", "k"], "(get:"), (["set", "remote", "k", "1"], "(set:"),
+             (["set", "remote", "k", "1", "--locked"], "(lock:"),
+             (["lock", "remote", "k"], "(lock:"), (["unlock", "remote", "k"], "(lease info:"),
+             (["delete", "remote", "k"], "(delete:"),
+             (["--format", "json", "stores"], "(ping:"), (["check"], "(ping:"))
+    for args, word in cases:
+        result = kvs(*args)
+        assert result.returncode in (0, 1, 3), (args, result.stderr)
+        text = result.stdout + result.stderr
+        assert "unreachable" in text, (args, text)
+        assert word in text, (args, text)
+        for name in INTERNAL_NAMES:
+            assert name not in text, (args, name, text)
+
+
+def test_check_fails_a_store_with_a_bad_declared_store_option(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""\
+        [store:good]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'good.sqlite3'}
+
+        [store:x]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'x.sqlite3'}
+        event_log_size = abc
+        """)
+    kvs = Kvs(tmp_path, config)
+    result = kvs("check")
+    assert result.returncode == 1
+    status = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[1:]}
+    assert status == {"good": "ok", "x": "FAILED"}
+    line = one_error_line(result)
+    assert "[store:x]" in line and "event_log_size" in line
+    data = json.loads(kvs("--format", "json", "check").stdout)
+    assert data["ok"] is False
+    assert [row["ok"] for row in data["stores"]] == [True, False]
+
+
+def test_a_broken_store_section_does_not_stop_the_healthy_stores(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""\
+        [store:bad]
+        backend = kvs.sqlite
+        lock_timeout = abc
+
+        [store:good]
+        backend = kvs.sqlite
+        backend_argument = filename:{tmp_path / 'good.sqlite3'}
+        """)
+    kvs = Kvs(tmp_path, config)
+    done = kvs("set", "good", "k", '{"a": 1}')
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert kvs.json("get", "good", "k")["value"] == {"a": 1}
+    assert kvs("set", "good", "c", "1", "--locked").returncode == 0
+    assert kvs("delete", "good", "k").returncode == 0
+
+    broken = kvs("get", "bad", "k")
+    assert broken.returncode == 2
+    line = one_error_line(broken)
+    assert "[store:bad]" in line and "lock_timeout" in line
+
+    rows = kvs.json("stores")
+    assert [(row["store"], row["reachable"]) for row in rows] == [("bad", False),
+                                                                  ("good", True)]
+    assert "lock_timeout" in rows[0]["error"]
+    listed = kvs("stores")
+    assert listed.returncode == 0
+    assert "[store:bad]" in one_error_line(listed)
