@@ -41,7 +41,7 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/kvs --config-file $(CONFIG) demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kvs tests benchmarks
+	$(VENV)/bin/ruff check kvs tests benchmarks examples
 	$(VENV)/bin/mypy
 
 typecheck: lint
