@@ -31,7 +31,6 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 from dogpile.cache.proxy import ProxyBackend
 from dogpile.cache.region import CacheRegion
 
@@ -42,35 +41,6 @@ if TYPE_CHECKING:
 
 #: What memoized keys add to the store's key prefix: ``<prefix>#memo:<key>``.
 NAMESPACE_SUFFIX = "#memo"
-
-#: msgpack extension type of a tuple inside a memoized entry (1 is a big int).
-_TUPLE = 2
-
-
-def _memo_default(value: Any) -> Any:
-    if type(value) is tuple:
-        return msgpack.ExtType(_TUPLE, _pack(list(value)))
-    if type(value) is int:  # beyond 64 bits
-        return msgpack.ExtType(serializers._BIG_INT, str(value).encode("ascii"))
-    raise TypeError(f"{type(value).__name__} results cannot be memoized with msgpack "
-                    f"(it would not come back as a {type(value).__name__})")
-
-
-def _pack(value: Any) -> bytes:
-    # strict_types: subclasses (and tuples) reach _memo_default instead of being
-    # written as their base type, which would change the result's type.
-    return msgpack.packb(value, use_bin_type=True, strict_types=True, default=_memo_default)
-
-
-def _memo_ext(code: int, data: bytes) -> Any:
-    if code == _TUPLE:
-        return tuple(_unpack(data))
-    return serializers._msgpack_ext(code, data)
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_memo_ext)
-
 
 def _exact_json(value: Any) -> None:
     """json keeps None, bool, int, float, str, list and str-keyed dict: refuse the rest."""
@@ -98,9 +68,12 @@ class MemoCodec:
     def dumps(self, value: Any) -> bytes:
         try:
             if self.name == "msgpack":
-                return _pack(value)
+                return serializers.exact_dumps(value)
             if self.name == "json":
                 _exact_json(value)
+        except exception.SerializationError as error:
+            raise exception.SerializationError(f"cannot memoize this result: {error.message}",
+                                               codec=self.name) from None
         except (TypeError, ValueError, OverflowError) as error:
             raise exception.SerializationError(f"cannot memoize this result: {error}",
                                                codec=self.name) from None
@@ -109,7 +82,7 @@ class MemoCodec:
     def loads(self, data: bytes) -> Any:
         try:
             if self.name == "msgpack":
-                return _unpack(data)
+                return serializers.exact_loads(data)
             return self._serializer.loads(data)
         except Exception as error:  # every decoder has its own exception zoo
             raise exception.CorruptValue(

@@ -106,6 +106,52 @@ def _msgpack_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown msgpack extension type {code}")
 
 
+# -- exact msgpack: every value comes back with the type it had -------------------
+#
+# Used where a value must not change type on the way: memoized results
+# (kvs.memoize) and dogpile regions without a serializer of their own on kvs
+# backends (kvs.backends.base).  Store values keep the stored format above.
+
+#: msgpack extension type of a tuple in the exact encoding (1 is a big int).
+_TUPLE = 2
+
+
+def _exact_default(value: Any) -> Any:
+    if type(value) is tuple:
+        return msgpack.ExtType(_TUPLE, _exact_pack(list(value)))
+    if type(value) is int:  # beyond 64 bits
+        return msgpack.ExtType(_BIG_INT, str(value).encode("ascii"))
+    raise TypeError(f"a {type(value).__name__} would not come back as a "
+                    f"{type(value).__name__}")
+
+
+def _exact_pack(value: Any) -> bytes:
+    # strict_types: subclasses (and tuples) reach _exact_default instead of being
+    # written as their base type, which would change the value's type.
+    return msgpack.packb(value, use_bin_type=True, strict_types=True,  # type: ignore[no-any-return]
+                         default=_exact_default)
+
+
+def _exact_ext(code: int, data: bytes) -> Any:
+    if code == _TUPLE:
+        return tuple(exact_loads(data))
+    return _msgpack_ext(code, data)
+
+
+def exact_dumps(value: Any) -> bytes:
+    """msgpack that keeps every type exactly (tuples too), or SerializationError naming it."""
+    try:
+        return _exact_pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise exception.SerializationError(
+            f"cannot serialize a {type(value).__name__} with msgpack: {exc}") from None
+
+
+def exact_loads(data: bytes | memoryview) -> Any:
+    """The inverse of :func:`exact_dumps`; it also reads what ``msgpack`` stores wrote."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_exact_ext)
+
+
 #: How deep values may nest (containers inside containers).  The decoders
 #: have limits of their own: msgpack's unpacker reads 1,024 levels (one fewer
 #: than its packer writes), and json's depends on Python's recursion limit and
@@ -193,7 +239,7 @@ class MsgpackSerializer(Serializer):
 
     def pack(self, value: Any) -> bytes:
         # header() and encode() written out: every write of a value comes here.
-        head = _header if int(time.time()) == _header_second else header()
+        head = _HEADER % time.time()
         wrapped = _pack_in_a_list(value)
         return head + (wrapped[1:] if len(wrapped) < _VIEW_FROM else memoryview(wrapped)[1:])
 
@@ -329,23 +375,18 @@ def checked_loads(serializer: Serializer) -> Callable[[bytes], Any]:
     return loads
 
 
-_header_second = -1
-_header = b""
+#: dogpile's metadata header with the creation time as dogpile writes it (a float).
+_HEADER = b'{"ct":%.6f,"v":' + str(DOGPILE_VALUE_VERSION).encode() + b'}|'
 
 
 def header() -> bytes:
-    """dogpile's metadata header plus separator, ``{"ct":<seconds>,"v":2}|``.
+    """dogpile's metadata header plus separator, ``{"ct":<time.time()>,"v":2}|``.
 
-    Rebuilt once a second: kvs does not use the creation time, it is only
-    there so that a region configured by hand can read kvs values.
+    kvs does not read the creation time itself; a dogpile region reading kvs
+    values does, to apply its ``expiration_time`` and ``invalidate()``, so it
+    is written to the microsecond, as dogpile writes it.
     """
-    global _header_second, _header
-    now = int(time.time())
-    if now != _header_second:
-        # Two threads may rebuild it at once; both build the same bytes.
-        _header = b'{"ct":%d,"v":%d}|' % (now, DOGPILE_VALUE_VERSION)
-        _header_second = now
-    return _header
+    return _HEADER % time.time()
 
 
 def pack(serializer: Serializer, value: Any) -> bytes:

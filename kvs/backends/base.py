@@ -39,13 +39,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from dogpile.cache.api import NO_VALUE, BytesBackend, CacheMutex, NoValue
+from dogpile.cache.api import NO_VALUE, BytesBackend, CachedValue, CacheMutex, NoValue
 
-from kvs import durations, exception
+from kvs import durations, exception, serializers
 
 
 class Fenced(enum.Enum):
@@ -369,13 +370,48 @@ class LeaseBackend(BytesBackend, abc.ABC):
         """Raise :class:`~kvs.exception.BackendUnavailable` if the backend is unreachable."""
         self.get_serialized("kvs:ping")
 
-    # dogpile's object-level API is unused: the region always serializes for
-    # kvs backends.  Fail loudly rather than store something unreadable.
+    # -- dogpile's object-level API: regions without a serializer ----------------
+    #
+    # A plain dogpile region with no serializer hands the backend CachedValue
+    # objects.  They are stored in dogpile's own wire format, metadata|payload,
+    # the payload in exact msgpack (every type kept, tuples included; anything
+    # else raises SerializationError naming the type), so kvs stores and other
+    # regions read them too.
+
     def get(self, key: str) -> Any:  # type: ignore[override]
-        raise NotImplementedError("kvs backends only store serialized values")
+        return _cached_value(self.get_serialized(key))
+
+    def get_multi(self, keys: Sequence[str]) -> list[Any]:  # type: ignore[override]
+        return [_cached_value(data) for data in self.get_serialized_multi(keys)]
 
     def set(self, key: str, value: Any) -> None:  # type: ignore[override]
-        raise NotImplementedError("kvs backends only store serialized values")
+        self.set_serialized(key, _wire_format(value))
+
+    def set_multi(self, mapping: Mapping[str, Any]) -> None:  # type: ignore[override]
+        self.set_serialized_multi({key: _wire_format(value) for key, value in mapping.items()})
+
+
+def _wire_format(value: Any) -> bytes:
+    if not isinstance(value, CachedValue):
+        raise exception.SerializationError(
+            f"a kvs backend stores dogpile CachedValue objects or bytes, not "
+            f"{type(value).__name__}")
+    metadata = json.dumps(value.metadata, separators=(",", ":")).encode("ascii")
+    return metadata + b"|" + serializers.exact_dumps(value.payload)
+
+
+def _cached_value(data: bytes | NoValue) -> Any:
+    if data is NO_VALUE:
+        return NO_VALUE
+    raw = bytes(data)  # type: ignore[arg-type]
+    metadata, bar, payload = raw.partition(b"|")
+    if not bar or metadata[:1] != b"{":
+        raise exception.CorruptValue("stored bytes are not a dogpile value (no metadata header)")
+    try:
+        return CachedValue(serializers.exact_loads(payload), json.loads(metadata))
+    except Exception as exc:  # every decoder has its own exception zoo
+        raise exception.CorruptValue(
+            f"stored bytes cannot be decoded with msgpack: {type(exc).__name__}") from None
 
 
 def require_client(backend: str, module: str, extra: str, packages: str) -> None:

@@ -15,20 +15,31 @@ that fits (connection handling) and nothing else.
 
 Keys on the server
 ------------------
-Every kvs key ``K`` (the store's mangled key) lives under one hash tag:
+For every kvs key ``K`` (the store's mangled key):
 
 =====================  =============================================
-``{T}``                the value (dogpile wire-format bytes, as-is)
+``K``                  the value (dogpile wire-format bytes, as-is), named
+                       as ``dogpile.cache.redis`` names it; ``{T}`` on
+                       Redis Cluster, or with ``hash_tags = true``
 ``{T}:lease``          the lease: the holder's token, with a PX TTL
 ``{T}:fence``          the fence counter (increments on every grant)
 ``{T}:signal``         a short-lived list that wakes waiters (BLPOP)
+``{T}:done``           markers that let a resent write recognise its first run
 =====================  =============================================
 
 ``T`` is ``K`` with ``%``, ``{`` and ``}`` percent-escaped, so it never
-contains a brace: Redis Cluster hashes exactly ``T`` for all four keys (one
-slot, so every script stays atomic), and the mapping is injective, so no two
-kvs keys, and no value key and lease key, ever share a name.  The same layout
-is used by all three backends, so data moves between them with a plain copy.
+contains a brace: Redis Cluster hashes exactly ``T`` for all of a key's names
+(one slot, so every script stays atomic).  The names are injective: no two
+kvs keys, and no value and lease, ever share a name.  A value is named ``K``
+itself unless ``K`` is empty or starts with ``{`` or ``%``; such a value is
+named ``%`` plus ``K`` escaped (see :func:`value_name`), so a value name never
+starts with ``{`` and never meets a lease's.
+
+So a plain ``dogpile.cache.redis`` region with the store's key mangler and
+serializer reads and writes kvs's values on standalone Redis and Sentinel.
+On a cluster a value must share its lease's slot, so it keeps the hash tag;
+``hash_tags = true`` keeps that layout elsewhere too (it was the layout of
+every Redis backend before version 0.2, so data written then needs it).
 
 Leases are Lua scripts (class attributes below), run with EVALSHA and reloaded
 on ``NOSCRIPT`` by redis-py, so they survive ``SCRIPT FLUSH`` and restarts.
@@ -58,6 +69,14 @@ def hash_tag(key: str) -> str:
     tag = key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
     # "{}" would make Redis hash the whole name; "%00" cannot come from escaping.
     return "{" + (tag or "%00") + "}"
+
+
+def value_name(key: str) -> str:
+    """The name of ``key``'s value without hash tags: the key itself, as
+    ``dogpile.cache.redis`` names it, unless that could meet a lease's name."""
+    if key and key[0] != "{" and key[0] != "%":
+        return key
+    return "%" + key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 def parse_node(option: str, text: str) -> tuple[str, int]:
@@ -186,6 +205,8 @@ class RedisBackend(LeaseBackend):
         "port": ArgumentSpec("int", minimum=1),
         "db": ArgumentSpec("int", minimum=0),
         "client": ClientArgument(),
+        # Name values {T}, as Redis Cluster needs (and every backend did before 0.2).
+        "hash_tags": ArgumentSpec("bool", default=False),
     }
 
     #: Whether ``max_connections`` can be honoured with a pool that queues.
@@ -443,6 +464,9 @@ return #KEYS
         self._scripts: dict[str, Any] = {}
         self._version_checked = False
         self.endpoint = self._describe_endpoint()
+        #: The name of a key's value on the server (see the module docstring).
+        self.value_name: Callable[[str], str] = (
+            hash_tag if self.options.get("hash_tags", True) else value_name)
         self.wait_replicas: int = self.options.get("wait_replicas") or 0
         # BLPOP must return before the socket read timeout fires.
         timeout = self._socket_timeout()
@@ -729,14 +753,15 @@ return #KEYS
 
     @translated
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
-        value = self.reader.get(hash_tag(key))
+        value = self.reader.get(self.value_name(key))
         return NO_VALUE if value is None else value  # type: ignore[no-any-return]
 
     @translated
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         if not keys:
             return []
-        values = self._mget([hash_tag(key) for key in keys])
+        name = self.value_name
+        values = self._mget([name(key) for key in keys])
         return [NO_VALUE if value is None else value for value in values]
 
     def _mget(self, names: list[str]) -> list[Any]:
@@ -745,7 +770,7 @@ return #KEYS
     @translated
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.check_size(key, value)
-        name = hash_tag(key)
+        name = self.value_name(key)
         if ttl is None:
             self._write(key, lambda client: client.set(name, value))
         else:
@@ -757,7 +782,8 @@ return #KEYS
         if not mapping:
             return
         first = next(iter(mapping))
-        names = {hash_tag(key): value for key, value in mapping.items()}
+        name = self.value_name
+        names = {name(key): value for key, value in mapping.items()}
         if ttl is None:
             self._write(first, lambda client: client.mset(names))
         else:
@@ -767,13 +793,14 @@ return #KEYS
 
     @translated
     def plain_delete(self, key: str) -> bool:
-        name = hash_tag(key)
+        name = self.value_name(key)
         request = self._request_id()
         if not request:
             return bool(self._write(key, lambda client: client.delete(name)))
         script = self._script("DELETE_ONCE")
+        done = hash_tag(key) + ":done"
         return bool(self._write(key, lambda client: script(
-            keys=[name, name + ":done"], args=[request, self.DONE_TTL_MS], client=client)))
+            keys=[name, done], args=[request, self.DONE_TTL_MS], client=client)))
 
     def _request_id(self) -> str:
         """A fresh id for one write request when redis-py may resend it, else ''."""
@@ -782,7 +809,8 @@ return #KEYS
     @translated
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
         if keys:
-            names = [hash_tag(key) for key in keys]
+            name = self.value_name
+            names = [name(key) for key in keys]
             self._write(keys[0], lambda client: client.delete(*names))
 
     # -- leases -------------------------------------------------------------
@@ -804,7 +832,8 @@ return #KEYS
     ) -> tuple[int | None, bytes | NoValue]:
         tag = hash_tag(key)
         reply = self._script("ACQUIRE_AND_GET")(
-            keys=[tag + ":lease", tag + ":fence", tag], args=[token, self._lease_ms(ttl)])
+            keys=[tag + ":lease", tag + ":fence", self.value_name(key)],
+            args=[token, self._lease_ms(ttl)])
         if reply is None:
             return None, NO_VALUE
         fence, value = reply[0], (reply[1] if len(reply) > 1 else None)
@@ -835,7 +864,7 @@ return #KEYS
         script = self._script("FENCED_SET")
         request = self._request_id()
         written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", tag, tag + ":done"],
+            keys=[tag + ":lease", self.value_name(key), tag + ":done"],
             args=[token, value, self._lease_ms(ttl), request, self.DONE_TTL_MS], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
@@ -847,7 +876,7 @@ return #KEYS
         script = self._script("FENCED_SET_AND_RELEASE")
         request = self._request_id()
         written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", tag, tag + ":signal", tag + ":done"],
+            keys=[tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done"],
             args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, request,
                   self.DONE_TTL_MS], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
@@ -858,7 +887,8 @@ return #KEYS
         script = self._script("FENCED_DELETE")
         request = self._request_id()
         outcome = self._write(key, lambda client: script(
-            keys=[tag + ":lease", tag, tag + ":done"], args=[token, request, self.DONE_TTL_MS],
+            keys=[tag + ":lease", self.value_name(key), tag + ":done"],
+            args=[token, request, self.DONE_TTL_MS],
             client=client))
         return {1: Fenced.WRITTEN, 2: Fenced.MISSING}.get(int(outcome), Fenced.LEASE_LOST)
 

@@ -47,6 +47,7 @@ class RedisSentinelBackend(RedisBackend):
         "sentinel_password": ArgumentSpec("str", secret=True),
         "sentinel_ssl": ArgumentSpec("bool", default=False),
         "read_from_replicas": ArgumentSpec("bool", default=False),
+        "hash_tags": ArgumentSpec("bool", default=False),
     }
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:

@@ -135,8 +135,9 @@ def _read(conf: cfg.ConfigOpts, section: str, option: str,
     """Read one option, turning oslo's value errors into ConfigurationError."""
     try:
         value = getattr(conf[section], option)
-    except (cfg.ConfigFileValueError, ValueError) as error:
-        raise option_error(section, option, f"invalid value ({error})") from None
+    except (cfg.ConfigFileValueError, ValueError):
+        # oslo's message quotes the value, which is no business of a log line.
+        raise option_error(section, option, "invalid value") from None
     return convert(value) if convert is not None and value is not None else value
 
 

@@ -36,7 +36,35 @@ def test_lease_and_value_layout_on_the_server(stores: Any, redis_server: RedisSe
         assert int(raw.get(name + ":fence")) == lock.fence
         store.set("k", "v", lock=lock, ttl=1.5)
     assert raw.exists(name + ":lease") == 0
-    assert 1000 < raw.pttl(name) <= 1500
+    # The value is named as dogpile.cache.redis names it: the mangled key itself.
+    assert 1000 < raw.pttl(store.backend_key("k")) <= 1500
+    assert raw.exists(name) == 0
+
+
+def test_value_names_never_meet_lease_names(stores: Any, redis_server: RedisServer) -> None:
+    from kvs.backends.redis import value_name
+
+    names = {value_name(key): key for key in ("", "%", "{a}", "%7Ba%7D", "a", "{a}:lease")}
+    assert len(names) == 6 and not any(name.startswith("{") for name in names)
+    assert value_name("kvs:abc") == "kvs:abc"
+    # With an empty prefix and plain keys a user key may look like a lease name.
+    store = stores(url=f"redis://{redis_server.address}/0", key_prefix="",
+                   enable_key_mangler=False)
+    with store.get_lock("a") as lock:
+        store.set("{a}:lease", "not a lease")
+        assert store.lease_info("a") is not None and store.lease_info("a").token == lock.token
+        store.set("a", 1, lock=lock)
+    assert store.get("{a}:lease") == "not a lease" and store.get("a") == 1
+
+
+def test_hash_tags_keep_the_layout_of_earlier_versions(stores: Any,
+                                                       redis_server: RedisServer) -> None:
+    url = f"redis://{redis_server.address}/0"
+    old = stores(url=url, hash_tags=True, key_prefix="layout")
+    old.set("k", "written with hash tags")
+    raw = redis_server.client()
+    assert raw.exists(hash_tag(old.backend_key("k"))) == 1
+    assert raw.exists(old.backend_key("k")) == 0
 
 
 def test_braces_in_prefix_stay_in_one_slot(stores: Any, redis_cluster_nodes: Cluster) -> None:
@@ -80,7 +108,7 @@ def test_sentinel_reads_from_replica_when_asked(stores: Any,
     reader = stores("kvs.redis_sentinel", **arguments, read_from_replicas="yes",
                     key_prefix=writer.key_prefix)
     writer.set("k", "v")
-    name = hash_tag(writer.backend_key("k"))
+    name = writer.backend_key("k")  # values are named as dogpile.cache.redis names them
     wait_until(lambda: redis_sentinel_group.replica.client().exists(name) == 1, 10,
                "replication of k")
     assert reader.get("k") == "v"
