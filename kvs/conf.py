@@ -39,9 +39,10 @@ kvs_opts = [
                help="Prefix of the dogpile.cache region names kvs creates "
                     "(<config_prefix>.<store>); it shows in dogpile's logs."),
     cfg.ListOpt("backends", default=[],
-                help="Extra dogpile.cache backend classes to register, each "
-                     "'name=package.module:Class' or 'package.module.Class' (registered "
-                     "under its dotted path)."),
+                help="Extra dogpile.cache backend classes to register. As in Keystone, "
+                     "'package.module.Class' is registered as 'openstack.kvs.Class' (class "
+                     "names must be unique) and also under its dotted path; "
+                     "'name=package.module:Class' registers it as 'name' only."),
 ]
 
 store_opts = [

@@ -55,22 +55,93 @@ _RENAMED = (exception.SerializationError, exception.ValueTooLarge, exception.Cor
             exception.TamperedValue)
 
 
+#: Keystone's names of its two backends (``keystone.common.kvs``), kept as
+#: deprecated aliases: configure() logs a warning naming the kvs backend.
+KEYSTONE_BACKENDS = {
+    "openstack.kvs.Memory": "kvs.memory",
+    "openstack.kvs.Memcached": "kvs.memcached",
+}
+
+#: Keystone's prefix of the names of ``[kvs] backends`` entries.
+KEYSTONE_PREFIX = "openstack.kvs."
+
+#: Backends registered from ``[kvs] backends``: name -> (module, class).
+_EXTRA_BACKENDS: dict[str, tuple[str, str]] = {}
+_EXTRA_BACKENDS_LOCK = threading.Lock()
+
+
 def known_backends() -> list[str]:
     """Names dogpile.cache can load: built-ins plus ``dogpile.cache`` entry points."""
     from importlib.metadata import entry_points
 
-    names = set(_backend_loader.impls)
+    names = set(_backend_loader.impls) | set(KEYSTONE_BACKENDS)
     names.update(ep.name for ep in entry_points(group=_backend_loader.group))
     return sorted(names)
 
 
+def backend_entries(entries: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``[kvs] backends`` entries -> ``{name: (module, class)}``, refusing conflicts.
+
+    Keystone's rule: ``package.module.Class`` is registered as
+    ``openstack.kvs.Class`` (so class names must be unique).  kvs also keeps
+    its own forms: the same entry under its dotted path, ``package.module:Class``
+    (both names too), and ``name=package.module:Class`` under ``name`` only.
+    """
+    found: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        name, sep, target = entry.partition("=")
+        target = (target if sep else entry).strip()
+        module, colon, cls = target.partition(":")
+        if not colon:
+            module, _, cls = target.rpartition(".")
+        if not module or not cls or (sep and not name.strip()):
+            raise exception.ConfigurationError(
+                f"option 'backends' in section [kvs]: cannot read backend entry {entry!r}",
+                option="backends", section="kvs")
+        names = [name.strip()] if sep else [KEYSTONE_PREFIX + cls, entry.strip()]
+        for one in names:
+            taken = found.get(one) or _EXTRA_BACKENDS.get(one)
+            if one in KEYSTONE_BACKENDS or (taken is not None and taken != (module, cls)):
+                raise exception.ConfigurationError(
+                    f"option 'backends' in section [kvs]: entry {entry!r} would register "
+                    f"backend {one!r}, which names another backend already (Keystone's rule "
+                    f"names a backend openstack.kvs.<Class>: class names must be unique)",
+                    option="backends", section="kvs")
+            found[one] = (module, cls)
+    return found
+
+
+def register_backends(entries: Sequence[str]) -> None:
+    """Register ``[kvs] backends`` entries with dogpile.cache (see :func:`backend_entries`).
+
+    Registering the same entries again is harmless; nothing is registered if
+    any entry is refused.
+    """
+    from dogpile.cache import register_backend
+
+    with _EXTRA_BACKENDS_LOCK:
+        for name, (module, cls) in backend_entries(entries).items():
+            register_backend(name, module, cls)
+            _EXTRA_BACKENDS[name] = (module, cls)
+
+
 def _load_backend_class(name: str) -> type:
+    name = KEYSTONE_BACKENDS.get(name, name)
     try:
         return _backend_loader.load(name)  # type: ignore[no-any-return]
     except (dogpile_exception.PluginNotFound, _backend_loader.NotFound):
-        raise exception.ConfigurationError(
-            f"unknown backend {name!r}; known backends: {', '.join(known_backends())}",
-            option="backend") from None
+        pass
+    # As Keystone did on first use: the [kvs] backends of the service's conf.
+    entries = service_default("backends", [])
+    if entries:
+        register_backends(entries)
+        try:
+            return _backend_loader.load(name)  # type: ignore[no-any-return]
+        except (dogpile_exception.PluginNotFound, _backend_loader.NotFound):
+            pass
+    raise exception.ConfigurationError(
+        f"unknown backend {name!r}; known backends: {', '.join(known_backends())}",
+        option="backend")
 
 
 def _import_proxy(entry: Any) -> ProxyBackend:
@@ -150,6 +221,7 @@ class KeyValueStore:
         #: The longest duration the backend can represent (seconds, now).
         self._max_duration: Callable[[], float] = lambda: durations.MAX_SECONDS
         self._key_mangler: Callable[[str], str] = manglers.prefixed(name, None)
+        self._max_lock_attempts: int | None = None
 
     def __repr__(self) -> str:
         state = f"backend={self.backend_name}" if self._configured else "unconfigured"
@@ -183,6 +255,9 @@ class KeyValueStore:
         the values: they may be secrets).  A call that fails leaves the store
         unconfigured, so it can be retried.
         """
+        if backing_store in KEYSTONE_BACKENDS:
+            LOG.warning("store %r: backend name %r is deprecated (Keystone's name); use %r",
+                        self.name, backing_store, KEYSTONE_BACKENDS[backing_store])
         given = {"backing_store": backing_store, "key_mangler": key_mangler,
                  "proxy_list": list(proxy_list) if isinstance(proxy_list, (list, tuple))
                  else proxy_list, "locking": locking,
@@ -214,6 +289,7 @@ class KeyValueStore:
                    args: dict[str, Any]) -> None:
         # Everything that can fail is checked before region.configure(): once
         # the region holds a backend it cannot be configured again.
+        backing_store = KEYSTONE_BACKENDS.get(backing_store, backing_store)
         backend_cls: Any = _load_backend_class(backing_store)
         max_duration = getattr(backend_cls, "max_duration", None)
         if max_duration is None:
@@ -238,21 +314,20 @@ class KeyValueStore:
             proxies.append(paths.StockWrites(stock, backing_store))
         self._configure_region(backing_store, args, proxies)
         path = paths.choose(self._region, backing_store, stock)
-        # Mangler precedence, as in Keystone: explicit, else the backend's own,
-        # else (when enabled) SHA-1, or names keyed by the secret when values
-        # are sealed (see kvs.security).  A backend whose keys need no hashing
-        # (plain_keys, known once its file is open) keeps them as given.
-        mangler = key_mangler or getattr(backend_cls, "key_mangler", None)
-        if mangler is None and settings["enable_key_mangler"]:
-            seal = settings["seal"]
-            if seal is not None:
-                mangler = security.keyed_mangler(seal)
-            elif not getattr(paths.chain_of(self._region.backend)[-1], "plain_keys", False):
-                mangler = manglers.sha1_mangle_key
-
+        backend = self._region.actual_backend
+        mangler = self._choose_mangler(key_mangler, backend, settings)
         self._key_mangler = manglers.prefixed(settings["key_prefix"], mangler)
         self._inner_mangler = mangler
         self._region.key_mangler = self._key_mangler
+        # As Keystone did: the backend gets the store's mangler, so it can
+        # compute backend keys itself (kvs.memcached's no_expiry_keys).
+        try:
+            backend.key_mangler = self._key_mangler
+        except AttributeError:  # a read-only mangler: the backend manages its own
+            LOG.debug("store %r: backend %s keeps its own key_mangler", self.name,
+                      type(backend).__name__)
+        #: kvs.memcached's max_lock_attempts (Keystone's): acquire()'s attempts.
+        self._max_lock_attempts = getattr(backend, "max_lock_attempts", None)
         self._region.serializer = settings["codec"].dumps
         self._region.deserializer = serializers.checked_loads(settings["codec"])
         self._path = path
@@ -266,6 +341,30 @@ class KeyValueStore:
         self.security_strategy = settings["strategy"]
         self.backend_name = backing_store
         self._warn_about(path, settings)
+
+    @staticmethod
+    def _choose_mangler(explicit: Callable[[str], str] | None, backend: Any,
+                        settings: dict[str, Any]) -> Callable[[str], str] | None:
+        """The mangler of the user's keys, with Keystone's precedence.
+
+        A backend whose class sets ``use_backend_key_mangler = True`` and has a
+        mangler of its own wins; then the explicit one; then the backend's own;
+        then (with ``enable_key_mangler``) names keyed by the secret when
+        values are sealed (see kvs.security), or SHA-1, unless the backend's
+        keys need no hashing (``plain_keys``, known once its file is open).
+        """
+        own = getattr(backend, "key_mangler", None)
+        own = own if callable(own) else None
+        if own is not None and (explicit is None
+                                or getattr(backend, "use_backend_key_mangler", False)):
+            return own
+        if explicit is not None or not settings["enable_key_mangler"]:
+            return explicit
+        if settings["seal"] is not None:
+            return security.keyed_mangler(settings["seal"])
+        if getattr(backend, "plain_keys", False):
+            return None
+        return manglers.sha1_mangle_key
 
     def _store_settings(self, args: dict[str, Any], maximum: float) -> dict[str, Any]:
         """Pop and validate the arguments the store consumes itself."""
@@ -595,7 +694,7 @@ class KeyValueStore:
             wait = durations.seconds("lock_wait_timeout", lock_wait_timeout,
                                      self._max_duration())
         return KeyValueStoreLock(path.leases, key, mangled, timeout, wait, self.locking,
-                                 self.name, self._max_duration)
+                                 self.name, self._max_duration, self._max_lock_attempts)
 
     def lease_info(self, key: str) -> LeaseInfo | None:
         """Who holds the lease on ``key`` right now (token, fence, time left)."""

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import dogpile.cache
 from dogpile.cache import make_region
 from oslo_config import cfg
 
@@ -233,18 +232,12 @@ def _coerce_for_stock_backend(value: str) -> Any:
 
 
 def register_extra_backends(conf: cfg.ConfigOpts) -> None:
-    """Register ``[kvs] backends`` entries with dogpile.cache."""
-    for entry in conf.kvs.backends:
-        name, sep, target = entry.partition("=")
-        if not sep:
-            target, name = entry, entry
-        module, colon, cls = target.strip().partition(":")
-        if not colon:
-            module, _, cls = target.strip().rpartition(".")
-        if not module or not cls:
-            raise _option_error(kvs_conf.KVS_GROUP, "backends",
-                                f"cannot read backend entry {entry!r}")
-        dogpile.cache.register_backend(name.strip(), module, cls)
+    """Register ``[kvs] backends`` entries with dogpile.cache.
+
+    Keystone's rule: ``package.module.Class`` becomes ``openstack.kvs.Class``
+    (see :func:`kvs.core.backend_entries` for every form).
+    """
+    core.register_backends(conf.kvs.backends)
 
 
 def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:

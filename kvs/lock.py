@@ -120,13 +120,15 @@ class KeyValueStoreLock:
         "lease_key",
         "lock_timeout",
         "lock_wait_timeout",
+        "max_attempts",
         "store",
         "token",
     )
 
     def __init__(self, leases: Leases, key: str, lease_key: str, lock_timeout: float,
                  lock_wait_timeout: float, enabled: bool = True, store: str | None = None,
-                 max_duration: Callable[[], float] = lambda: durations.MAX_SECONDS) -> None:
+                 max_duration: Callable[[], float] = lambda: durations.MAX_SECONDS,
+                 max_attempts: int | None = None) -> None:
         self._leases = leases
         #: The user's key this lock guards.
         self.key = key
@@ -139,6 +141,9 @@ class KeyValueStoreLock:
         self.enabled = enabled
         self.store = store
         self._max_duration = max_duration
+        #: Tries acquire() makes at most (Keystone's max_lock_attempts); None:
+        #: as many as fit in lock_wait_timeout.
+        self.max_attempts = max_attempts
         #: Unique per acquisition; None before the first acquire.
         self.token: str | None = None
         #: Strictly increasing per key and store across acquisitions; None before.
@@ -251,14 +256,21 @@ class KeyValueStoreLock:
                 return
         deadline = time.monotonic() + self.lock_wait_timeout
         tried = first_token is not None
+        attempts = int(tried)
         while True:
             if not tried:
                 started = time.monotonic()
+                attempts += 1
                 fence = self._attempt_with_retry(attempt)
                 if fence is not None and (self.lock_timeout != 0 or self._confirm_permanent()):
                     self._start(fence, started)
                     return
             tried = False
+            if self.max_attempts is not None and attempts >= self.max_attempts:
+                raise exception.LockAcquireTimeout(
+                    f"could not lock key {self.key!r} in store {self.store!r} in "
+                    f"{attempts} attempt{'s' if attempts != 1 else ''} (max_lock_attempts)",
+                    key=self.key, store=self.store)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise exception.LockAcquireTimeout(

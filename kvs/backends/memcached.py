@@ -63,7 +63,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dogpile.cache.api import NO_VALUE, NoValue
@@ -423,7 +423,18 @@ class MemcachedBackend(LeaseBackend):
         "max_pool_size": ArgumentSpec("int", minimum=1),
         "memcached_expire_time": ArgumentSpec("int", default=0, minimum=0),
         "lease_safety_margin": ArgumentSpec("float", default=0.5, minimum=0),
+        # Keystone's arguments of openstack.kvs.Memcached:
+        "url": ArgumentSpec("list"),  # Keystone's name for servers
+        "memcached_backend": ArgumentSpec("str", default="pymemcache"),
+        "no_expiry_keys": ArgumentSpec("list", default=[]),
+        "max_lock_attempts": ArgumentSpec("int", minimum=1),
     }
+
+    #: ``memcached_backend`` choices: whether each uses a connection pool.
+    #: kvs.memcached always talks through pymemcache (its leases need the
+    #: meta protocol, sent with pymemcache's ``raw_command``); ``memcached``
+    #: and ``pooled_memcached`` are Keystone's names, accepted for its configs.
+    MEMCACHED_BACKENDS = {"pymemcache": False, "memcached": False, "pooled_memcached": True}
 
     #: No fixed limit: each server's own item size limit (``-I``) is read from
     #: it before the first large write; ``max_value_size`` can lower it.
@@ -431,8 +442,12 @@ class MemcachedBackend(LeaseBackend):
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         require_client(self.name, "pymemcache", "memcached", "pymemcache")
+        keys = arguments.get("no_expiry_keys")
+        if isinstance(keys, (set, frozenset)):  # Keystone's callers passed a set
+            arguments = {**arguments, "no_expiry_keys": sorted(keys)}
         super().__init__(arguments)
         options = self.options
+        self._keystone_arguments(options, arguments)
         if not options["servers"]:
             raise exception.ConfigurationError(
                 "backend kvs.memcached needs at least one server", option="servers")
@@ -464,6 +479,53 @@ class MemcachedBackend(LeaseBackend):
         self._extend_credit: dict[tuple[str, str], tuple[float, float]] = {}
         self._credit_guard = threading.Lock()
         _backends.add(self)
+
+    def _keystone_arguments(self, options: dict[str, Any], given: Mapping[str, Any]) -> None:
+        """Apply ``url``, ``memcached_backend``, ``no_expiry_keys``, ``max_lock_attempts``."""
+        if options["url"] is not None:
+            if "servers" in given:
+                raise exception.ConfigurationError(
+                    "give backend argument servers or url (Keystone's name for it), not both",
+                    option="url")
+            options["servers"] = options["url"]
+        choice = options["memcached_backend"]
+        if choice not in self.MEMCACHED_BACKENDS:
+            raise exception.ConfigurationError(
+                f"memcached_backend {choice!r} is not supported; valid choices: "
+                f"{exception.names(self.MEMCACHED_BACKENDS)} (kvs.memcached talks to "
+                f"memcached through pymemcache: its leases need the meta protocol)",
+                option="memcached_backend")
+        if self.MEMCACHED_BACKENDS[choice]:
+            if "use_pooling" in given and not options["use_pooling"]:
+                raise exception.ConfigurationError(
+                    f"memcached_backend {choice!r} means use_pooling = true; "
+                    f"use_pooling = false contradicts it", option="use_pooling")
+            options["use_pooling"] = True
+        #: The ``memcached_backend`` chosen.
+        self.memcached_backend: str = choice
+        #: acquire() gives up after this many tries (None: lock_wait_timeout alone).
+        self.max_lock_attempts: int | None = options["max_lock_attempts"]
+        #: Keys (as the user gives them) written without expiry, whatever the TTL.
+        self.raw_no_expiry_keys: frozenset[str] = frozenset(options["no_expiry_keys"])
+        #: The same keys as this backend sees them (after the key mangler).
+        self.no_expiry_hashed_keys: frozenset[str] = self.raw_no_expiry_keys
+        self._key_mangler: Callable[[str], str] | None = None
+
+    @property  # type: ignore[override]
+    def key_mangler(self) -> Callable[[str], str] | None:
+        """The store's mangler (set by the store); it turns no_expiry_keys into backend keys."""
+        return self._key_mangler
+
+    @key_mangler.setter
+    def key_mangler(self, mangler: Callable[[str], str] | None) -> None:
+        if mangler is not None and not callable(mangler):
+            raise exception.ConfigurationError(
+                f"key_mangler must be callable or None, not {type(mangler).__name__}",
+                option="key_mangler")
+        raw = self.raw_no_expiry_keys
+        self.no_expiry_hashed_keys = (frozenset(mangler(key) for key in raw)
+                                      if mangler is not None else raw)
+        self._key_mangler = mangler
 
     @staticmethod
     def _tls_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
@@ -513,7 +575,10 @@ class MemcachedBackend(LeaseBackend):
             groups[server].append(safe)
         return groups
 
-    def _data_expire(self, ttl: float | None) -> int:
+    def _data_expire(self, ttl: float | None, key: str | None = None) -> int:
+        """The expiry of a value written with ``ttl`` (``key``: its store key)."""
+        if key is not None and key in self.no_expiry_hashed_keys:
+            return 0  # listed in no_expiry_keys: never expires, whatever the TTL
         if ttl is not None:
             return expire_time(ttl)
         return _wire_expiry(self._default_expire_seconds) if self._default_expire_seconds else 0
@@ -615,16 +680,17 @@ class MemcachedBackend(LeaseBackend):
         self.check_size(key, value)
         safe, server = self._route(key)
         with server.errors:
-            server.client().set(safe, value, self._data_expire(ttl), noreply=False)
+            server.client().set(safe, value, self._data_expire(ttl, key), noreply=False)
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
         expire = self._data_expire(ttl)
-        groups: dict[Server, dict[str, bytes]] = collections.defaultdict(dict)
+        lasting = self.no_expiry_hashed_keys
+        groups: dict[tuple[Server, int], dict[str, bytes]] = collections.defaultdict(dict)
         for key, value in mapping.items():
             safe, server = self._route(key)
-            groups[server][safe] = value
-        for server, batch in groups.items():
+            groups[(server, 0 if key in lasting else expire)][safe] = value
+        for (server, expire), batch in groups.items():
             with server.errors:
                 failed = server.client().set_many(batch, expire, noreply=False)
             if failed:
@@ -741,7 +807,7 @@ class MemcachedBackend(LeaseBackend):
             if not self._holds(self._read_lease(client, safe), token.encode()):
                 self._forget_credit(safe, token)
                 return Fenced.LEASE_LOST
-            client.set(safe, value, self._data_expire(ttl), noreply=False)
+            client.set(safe, value, self._data_expire(ttl, key), noreply=False)
             return Fenced.WRITTEN
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
