@@ -170,7 +170,7 @@ class LeaseBackend(BytesBackend, abc.ABC):
     arguments: ClassVar[dict[str, ArgumentSpec]] = {
         "max_value_size": ArgumentSpec("int", default=None, minimum=1),
         # Seconds dogpile's get_or_create mutex (a lease) lasts: see kvs.backends.mutex.
-        "mutex_timeout": ArgumentSpec("float", default=30.0, minimum=0.1),
+        "mutex_timeout": ArgumentSpec("float", default=5.0, minimum=0.1),
     }
 
     #: Largest serialized value (bytes) the backend itself can hold.
@@ -212,7 +212,7 @@ class LeaseBackend(BytesBackend, abc.ABC):
         :mod:`kvs.backends.mutex`)."""
         from kvs.backends.mutex import LeaseMutex
 
-        return LeaseMutex(self, key, float(self.options.get("mutex_timeout") or 30.0))
+        return LeaseMutex(self, key, float(self.options.get("mutex_timeout") or 5.0))
 
     @classmethod
     def backend_name(cls) -> str:

@@ -8,10 +8,13 @@ process only; :class:`LeaseMutex` takes the backend's own lease on the key,
 the one :meth:`kvs.KeyValueStore.get_lock` takes, so every process and host
 sharing the backend sees it.
 
-The lease lasts ``ttl`` seconds (the backend argument ``mutex_timeout``): a
-creator that runs longer, or a holder that crashed, lets the next caller
-regenerate too.  That costs a duplicate computation, never a wrong value, so
-it is the right trade for a cache lock; writes that must not overlap use
+The lease lasts ``ttl`` seconds (the backend argument ``mutex_timeout``, 5 s
+by default), and a keeper thread extends it every third of that while the
+creator runs.  So a creator may take as long as it needs, and a holder that
+crashed (or was killed) blocks the others for at most ``ttl``.  Should the
+keeper fail to extend (the backend was unreachable past the TTL), the next
+caller regenerates too: a duplicate computation, never a wrong value, which is
+the right trade for a cache lock.  Writes that must not overlap use
 :meth:`~kvs.KeyValueStore.get_lock`, whose writes are fenced.
 
 Thread-safe: dogpile shares one mutex per key among the threads of a region.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from dogpile.cache.api import CacheMutex
@@ -40,6 +44,7 @@ class LeaseMutex(CacheMutex):
         self._ttl = ttl
         self._local = threading.Lock()
         self._token: str | None = None
+        self._released = threading.Event()
 
     def acquire(self, wait: bool = True) -> bool:
         if not self._local.acquire(wait):
@@ -56,14 +61,36 @@ class LeaseMutex(CacheMutex):
             self._local.release()
             raise
         self._token = token
+        self._released = released = threading.Event()
+        threading.Thread(target=self._keep, args=(token, released), daemon=True,
+                         name=f"kvs-mutex-keeper {self._key[:40]}").start()
         return True
+
+    def _keep(self, token: str, released: threading.Event) -> None:
+        """Extend the lease every third of its TTL until released (or lost).
+
+        ``extend_lease`` adds time: adding the time gone since the last
+        extension keeps about ``ttl`` left, so a killed holder blocks the key
+        for at most ``ttl`` however long it held it.
+        """
+        last = time.monotonic()
+        while not released.wait(self._ttl / 3):
+            now = time.monotonic()
+            gone, last = now - last, now
+            try:
+                if not self._backend.extend_lease(self._key, token, gone):
+                    LOG.debug("dogpile mutex on key %r was lost while held", self._key)
+                    return
+            except Exception as error:  # the next attempt, or the TTL, settles it
+                LOG.debug("could not extend the dogpile mutex on key %r: %s", self._key, error)
 
     def release(self) -> None:
         token, self._token = self._token, None
+        self._released.set()
         try:
             if token is not None and not self._backend.release_lease(self._key, token):
                 LOG.debug("dogpile mutex on key %r had expired before its release "
-                          "(the creator ran past mutex_timeout)", self._key)
+                          "(it could not be extended in time)", self._key)
         finally:
             self._local.release()
 

@@ -51,3 +51,43 @@ def memoized_call(config: dict[str, Any], name: str, runs_file: str, argument: i
         return (x, x * x)
 
     return slow_square(argument)
+
+
+def _plain_region(config: dict[str, Any]) -> Any:
+    from dogpile.cache import make_region
+
+    arguments = dict(config)
+    backend = arguments.pop("backing_store")
+    return make_region().configure(backend, arguments=arguments)
+
+
+def get_or_create_at(config: dict[str, Any], key: str, runs_file: str, start_at: float) -> Any:
+    """At ``start_at`` (wall clock), get_or_create ``key`` on a plain region; a slow creator
+    appends a line to runs_file per run."""
+    import os
+    import time
+
+    region = _plain_region(config)
+
+    def creator() -> tuple[str, int]:
+        with open(runs_file, "a") as runs:
+            runs.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return ("made", os.getpid())
+
+    time.sleep(max(0.0, start_at - time.time()))
+    return region.get_or_create(key, creator)
+
+
+def create_forever(config: dict[str, Any], key: str, started_file: str) -> None:
+    """get_or_create ``key`` with a creator that never returns (the test kills us)."""
+    import time
+
+    region = _plain_region(config)
+
+    def creator() -> None:
+        with open(started_file, "w") as started:
+            started.write("creating\n")
+        time.sleep(3600)
+
+    region.get_or_create(key, creator)

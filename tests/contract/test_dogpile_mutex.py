@@ -1,0 +1,78 @@
+"""Contract: dogpile's get_or_create on kvs backends runs one creator across processes.
+
+A plain dogpile region (no kvs store around it) takes ``backend.get_mutex(key)``
+before it runs a creator; on kvs backends that mutex is the key's lease, kept
+alive while the creator runs and gone within ``mutex_timeout`` once its holder
+dies.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PROCESS_LOCAL_BACKENDS
+from tests.contract import workers
+
+
+@pytest.fixture
+def shared_config(backend_name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
+    if backend_name in PROCESS_LOCAL_BACKENDS:
+        pytest.skip(f"{backend_name} keeps data in one process")
+    return {**backend_config, "mutex_timeout": 1.5}
+
+
+def test_four_processes_at_once_run_the_creator_once(shared_config: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    key = f"goc-{uuid.uuid4().hex[:8]}"
+    runs = tmp_path / "runs"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        # Spawned workers take about a second to start: meet 2 s from now.
+        start_at = time.time() + 2.0
+        results = pool.starmap(workers.get_or_create_at,
+                               [(shared_config, key, str(runs), start_at)] * 4)
+    lines = runs.read_text().splitlines()
+    assert len(lines) == 1, lines                       # one creator in four processes
+    assert len(set(results)) == 1 and results[0][0] == "made"
+
+
+def test_a_killed_creator_blocks_the_others_for_at_most_mutex_timeout(
+        shared_config: dict[str, Any], tmp_path: Path) -> None:
+    key = f"killed-{uuid.uuid4().hex[:8]}"
+    started = tmp_path / "started"
+    context = multiprocessing.get_context("spawn")
+    creator = context.Process(target=workers.create_forever,
+                              args=(shared_config, key, str(started)))
+    creator.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline, "the creator never started"
+            assert creator.is_alive()
+            time.sleep(0.02)
+        time.sleep(2 * shared_config["mutex_timeout"])  # held past its TTL: the keeper extends
+        region = workers._plain_region(shared_config)
+        assert region.backend.get_mutex(key).acquire(wait=False) is False
+        os.kill(creator.pid, signal.SIGKILL)             # mid-creation
+        creator.join(10)
+        began = time.monotonic()
+        assert region.get_or_create(key, lambda: "after the crash") == "after the crash"
+        waited = time.monotonic() - began
+    finally:
+        if creator.is_alive():
+            creator.kill()
+            creator.join(10)
+    # memcached expires items in whole seconds and pads a lease by one second plus
+    # its safety margin (see doc/backends/memcached.md): 4 s on the wire for 1.5 s.
+    ttl = shared_config["mutex_timeout"]
+    bound = math.ceil(ttl) + 2 if shared_config["backing_store"] == "kvs.memcached" else ttl
+    assert waited < bound + 1.5, waited
