@@ -14,6 +14,7 @@ Quick start::
 
 from kvs import exception
 from kvs.core import KeyValueStore, get_key_value_store
+from kvs.exception import LockTimeout  # keystone.common.kvs exported it here
 from kvs.loader import configure_stores, load_config, register_opts
 from kvs.lock import KeyValueStoreLock
 from kvs.provider import Provider, get_provider, register_calibration, resolve
@@ -21,6 +22,7 @@ from kvs.provider import Provider, get_provider, register_calibration, resolve
 __all__ = [
     "KeyValueStore",
     "KeyValueStoreLock",
+    "LockTimeout",
     "Provider",
     "configure_stores",
     "exception",

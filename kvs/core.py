@@ -35,6 +35,9 @@ from kvs.stock import StockLeases, stock_lock_arguments
 
 LOG = logging.getLogger(__name__)
 
+#: keystone.common.kvs.core's name for it, so that ported code finds it here.
+LockTimeout = exception.LockTimeout
+
 #: Default lease length in seconds when neither configure() nor the config says.
 DEFAULT_LOCK_TIMEOUT = 5.0
 

@@ -621,3 +621,17 @@ def test_stock_memcached_locks_exclude_another_process(
         if child.poll() is None:
             child.kill()
             child.wait(10)
+
+
+# -- 8. names -------------------------------------------------------------------
+
+def test_keystones_exported_names_are_where_an_import_change_finds_them() -> None:
+    import kvs.core
+
+    # keystone.common.kvs exported these four; kvs.core keeps the module's names.
+    for module in (kvs, kvs.core):
+        assert module.KeyValueStore is kvs.core.KeyValueStore
+        assert module.KeyValueStoreLock is kvs.KeyValueStoreLock
+        assert module.get_key_value_store is kvs.core.get_key_value_store
+        assert module.LockTimeout is exception.LockTimeout
+    assert "LockTimeout" in kvs.__all__
