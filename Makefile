@@ -47,7 +47,7 @@ lint: $(STAMP)
 typecheck: lint
 
 test: $(STAMP) servers lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 tests
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

@@ -33,7 +33,6 @@ import pytest
 import kvs
 import kvs.testing
 from kvs import cli, exception
-from kvs.backends.redis import hash_tag
 from tests.fixtures.redis import ACL_PASSWORD, ACL_USER
 from tests.fixtures.redis_servers import RedisServer, free_port
 
@@ -140,7 +139,7 @@ def test_no_secret_in_logs_errors_repr_or_cli(tmp_path: Path, redis_acl_server: 
         # Tampering: a value forged by someone who can write to the server.
         admin = redis_acl_server.client()
         try:
-            admin.set(hash_tag(byargs.backend_key("k")), b"forged")
+            admin.set(byargs.backend_key("k"), b"forged")  # the value, as dogpile names it
         finally:
             admin.close()
         evidence.expect_error("tampered", lambda: byurl.get("k"), exception.TamperedValue)
@@ -179,7 +178,8 @@ def test_no_secret_in_logs_errors_repr_or_cli(tmp_path: Path, redis_acl_server: 
         secret_key = {SECRET_KEY}
         lock_timeout = {ACL_PASSWORD}
         """, name="bad.conf")
-    evidence.expect_error("malformed ini", lambda: kvs.load_config([bad_config]))
+    evidence.expect_error("malformed ini",
+                          lambda: kvs.configure_stores(kvs.load_config([bad_config])))
 
     # The kvs command, in this process, so its log records land in caplog too.
     for args in (["stores"], ["--format", "json", "stores"], ["check"],
