@@ -34,7 +34,8 @@ kvs_opts = [
                 help="Hash every key with SHA-1 (after the store's key prefix) unless a "
                      "store or its backend supplies its own mangler. kvs.sqlite keeps keys "
                      "as given in the files it creates (SQLite has no key-length limit); "
-                     "stores with a security_strategy always hash names with their secret."),
+                     "stores with a security_strategy and no mangler of their own hash names with "
+                     "their secret."),
     cfg.StrOpt("config_prefix", default="kvs",
                help="Prefix of the dogpile.cache region names kvs creates "
                     "(<config_prefix>.<store>); it shows in dogpile's logs."),

@@ -91,6 +91,7 @@ def backend_entries(entries: Sequence[str]) -> dict[str, tuple[str, str]]:
     (both names too), and ``name=package.module:Class`` under ``name`` only.
     """
     found: dict[str, tuple[str, str]] = {}
+    clashed: set[str] = set()
     for entry in entries:
         name, sep, target = entry.partition("=")
         target = (target if sep else entry).strip()
@@ -101,17 +102,37 @@ def backend_entries(entries: Sequence[str]) -> dict[str, tuple[str, str]]:
             raise exception.ConfigurationError(
                 f"option 'backends' in section [kvs]: cannot read backend entry {entry!r}",
                 option="backends", section="kvs")
-        names = [name.strip()] if sep else [KEYSTONE_PREFIX + cls, entry.strip()]
+        alias = KEYSTONE_PREFIX + cls
+        names = [name.strip()] if sep else [alias, entry.strip()]
         for one in names:
-            taken = found.get(one) or _EXTRA_BACKENDS.get(one)
+            if one in clashed:
+                continue
+            taken = found.get(one) or _EXTRA_BACKENDS.get(one) or _known_backend(one)
             if one in KEYSTONE_BACKENDS or (taken is not None and taken != (module, cls)):
+                if one == alias and not sep:
+                    # Two classes of one name: Keystone's short name cannot tell them
+                    # apart, so neither gets it; both keep their dotted paths.
+                    LOG.warning("[kvs] backends: %r is not registered as %r, which names "
+                                "another backend; use its dotted path", entry, one)
+                    found.pop(one, None)
+                    clashed.add(one)
+                    continue
                 raise exception.ConfigurationError(
                     f"option 'backends' in section [kvs]: entry {entry!r} would register "
-                    f"backend {one!r}, which names another backend already (Keystone's rule "
-                    f"names a backend openstack.kvs.<Class>: class names must be unique)",
+                    f"backend {one!r}, which names another backend already",
                     option="backends", section="kvs")
             found[one] = (module, cls)
     return found
+
+
+def _known_backend(name: str) -> tuple[str, str] | None:
+    """(module, class) of an installed backend called ``name`` (kvs's own, stock ones)."""
+    import importlib.metadata
+
+    for point in importlib.metadata.entry_points(group="dogpile.cache", name=name):
+        module, _, cls = point.value.partition(":")
+        return module.strip(), cls.strip()
+    return None
 
 
 def register_backends(entries: Sequence[str]) -> None:

@@ -93,8 +93,9 @@ class BrokenStores(ConfigurationError):
     """One or more ``[store:NAME]`` sections could not be configured.
 
     Raised by :func:`kvs.configure_stores` after it has configured every
-    healthy store.  ``errors`` maps each broken section to its own
-    :class:`ConfigurationError`; ``stores`` holds the stores that were
+    healthy store.  ``errors`` maps each broken section to its own error
+    (a :class:`ConfigurationError`, or :class:`AlreadyConfigured`,
+    :class:`BackendUnavailable`...); ``stores`` holds the stores that were
     configured.  With one broken section, ``context`` is that section's.
     """
 

@@ -20,6 +20,7 @@ after it has configured the healthy ones.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,8 +113,11 @@ def load_config(paths: Sequence[str] | None = None, args: Sequence[str] | None =
             f"config file not found: {', '.join(exc.config_files)}", option="config_file"
         ) from None
     except cfg.ConfigFileParseError as exc:
+        # oslo's message quotes the offending line, which may hold a secret.
+        found = re.match(r"at .*?:(\d+), (.*?)(?:: '.*')?$", str(exc.msg), re.DOTALL)
+        where = f" at line {found.group(1)}: {found.group(2)}" if found else ""
         raise exception.ConfigurationError(
-            f"cannot parse config file {exc.config_file}: {exc.msg}", option="config_file"
+            f"cannot parse config file {exc.config_file}{where}", option="config_file"
         ) from None
     for name in store_names(conf):
         kvs_conf.register_store_opts(conf, name)
@@ -134,6 +138,7 @@ def validate_kvs_section(conf: cfg.ConfigOpts) -> None:
     """Read every ``[kvs]`` option once, so that a bad value fails now, by name."""
     _register_kvs_opts(conf)
     _read_all(conf, kvs_conf.KVS_GROUP, kvs_conf.kvs_opts)
+    core.backend_entries(conf.kvs.backends)  # what register_extra_backends refuses
 
 
 def store_problems(conf: cfg.ConfigOpts, name: str) -> list[exception.ConfigurationError]:
@@ -294,10 +299,12 @@ def configure_store(conf: cfg.ConfigOpts, name: str) -> core.KeyValueStore:
         raise exception.ConfigurationError(
             f"[{group}] {exc.message}", option=exc.context.get("option") or "backend_argument",
             section=group) from None
-    except exception.KVSError as exc:  # UnsupportedProxy and kin: name the section too
+    except exception.UnsupportedProxy as exc:  # a configuration fault: name the section
         raise exception.ConfigurationError(
             f"[{group}] {exc.message}", option=exc.context.get("option") or "proxies",
             section=group) from None
+    # Anything else (BackendUnavailable opening a file...) keeps its own type:
+    # a retryable failure must not read as a misconfiguration.
     return store
 
 
@@ -318,17 +325,27 @@ def configure_stores(conf: cfg.ConfigOpts) -> dict[str, core.KeyValueStore]:
     """
     validate_kvs_section(conf)
     register_extra_backends(conf)
-    stores: dict[str, core.KeyValueStore] = {}
-    errors: dict[str, exception.KVSError] = {}
-    for name in store_names(conf):
-        try:
-            stores[name] = configure_store(conf, name)
-        except (exception.ConfigurationError, exception.AlreadyConfigured) as error:
-            errors[kvs_conf.STORE_GROUP_PREFIX + name] = error
     # Declared stores sit above the core: imported here, not at module level.
     from kvs import provider
 
-    provider.configure_providers(conf, stores)
+    stores: dict[str, core.KeyValueStore] = {}
+    errors: dict[str, exception.KVSError] = {}
+    for name in store_names(conf):
+        group = kvs_conf.STORE_GROUP_PREFIX + name
+        try:
+            store = configure_store(conf, name)
+            # One provider at a time: a declared store whose backend is down
+            # (its initial values cannot be written) fails alone too.
+            provider.configure_providers(conf, {name: store}, warn_unknown=False)
+        except exception.KVSError as error:
+            errors[group] = error
+            continue
+        except Exception as error:  # a backend's own constructor, say: never its text
+            errors[group] = exception.ConfigurationError(
+                f"[{group}] cannot be configured: {type(error).__name__}", section=group)
+            continue
+        stores[name] = store
+    provider.warn_unknown_stores(conf, dict.fromkeys(store_names(conf)))
     if errors:
         raise exception.BrokenStores(errors, stores)
     return stores

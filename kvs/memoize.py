@@ -107,11 +107,11 @@ class _SharedBackend(ProxyBackend):
 def configure_memo_region(region: CacheRegion, store: KeyValueStore) -> None:
     """Point ``region`` at ``store``'s backend, with keys ``<prefix>#memo:...``."""
     prefix, mangler = store._memo_key_parts()
-    if not prefix and mangler is None:
+    if not prefix:
         raise exception.ConfigurationError(
-            f"store {store.name!r} has neither a key_prefix nor a key mangler, so memoized "
-            f"entries could not be kept apart from its keys; give it a key_prefix",
-            option="key_prefix", store=store.name)
+            f"store {store.name!r} has an empty key_prefix, so memoized entries could not be "
+            f"kept apart from its keys; give it a key_prefix", option="key_prefix",
+            store=store.name)
     codec = MemoCodec(store._serializer)
     region.configure("dogpile.cache.null", wrap=[_SharedBackend(store.region.backend)])
     # After configure(), which adopts the placeholder backend's (absent) ones.

@@ -103,6 +103,9 @@ def _msgpack_default(value: Any) -> Any:
 def _msgpack_ext(code: int, data: bytes) -> Any:
     if code == _BIG_INT:
         return int(data.decode("ascii"))
+    if code == _TUPLE:  # written by a plain dogpile region (exact msgpack): a list here
+        return list(msgpack.unpackb(data, raw=False, strict_map_key=False,
+                                    ext_hook=_msgpack_ext))
     raise ValueError(f"unknown msgpack extension type {code}")
 
 
@@ -138,9 +141,28 @@ def _exact_ext(code: int, data: bytes) -> Any:
     return _msgpack_ext(code, data)
 
 
+#: Types msgpack writes as another one even with strict_types (bin: read as bytes).
+_NOT_EXACT = (bytearray, memoryview)
+
+
+def _refuse_inexact(value: Any) -> None:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is dict:
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif kind is list or kind is tuple:
+            pending.extend(item)
+        elif isinstance(item, _NOT_EXACT):
+            raise TypeError(f"a {kind.__name__} would not come back as a {kind.__name__}")
+
+
 def exact_dumps(value: Any) -> bytes:
     """msgpack that keeps every type exactly (tuples too), or SerializationError naming it."""
     try:
+        _refuse_inexact(value)
         return _exact_pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise exception.SerializationError(

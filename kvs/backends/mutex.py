@@ -60,10 +60,17 @@ class LeaseMutex(CacheMutex):
         except BaseException:
             self._local.release()
             raise
-        self._token = token
-        self._released = released = threading.Event()
-        threading.Thread(target=self._keep, args=(token, released), daemon=True,
-                         name=f"kvs-mutex-keeper {self._key[:40]}").start()
+        released = threading.Event()
+        try:
+            threading.Thread(target=self._keep, args=(token, released), daemon=True,
+                             name=f"kvs-mutex-keeper {self._key[:40]}").start()
+        except BaseException:  # no keeper (no threads left): give everything back
+            try:
+                self._backend.release_lease(self._key, token)
+            finally:
+                self._local.release()
+            raise
+        self._token, self._released = token, released
         return True
 
     def _keep(self, token: str, released: threading.Event) -> None:
@@ -73,16 +80,17 @@ class LeaseMutex(CacheMutex):
         extension keeps about ``ttl`` left, so a killed holder blocks the key
         for at most ``ttl`` however long it held it.
         """
-        last = time.monotonic()
+        last = time.monotonic()  # the lease ends ttl after the last successful extension
         while not released.wait(self._ttl / 3):
             now = time.monotonic()
-            gone, last = now - last, now
             try:
-                if not self._backend.extend_lease(self._key, token, gone):
+                if not self._backend.extend_lease(self._key, token, now - last):
                     LOG.debug("dogpile mutex on key %r was lost while held", self._key)
                     return
-            except Exception as error:  # the next attempt, or the TTL, settles it
+            except Exception as error:  # the next attempt adds this time back
                 LOG.debug("could not extend the dogpile mutex on key %r: %s", self._key, error)
+                continue
+            last = now
 
     def release(self) -> None:
         token, self._token = self._token, None

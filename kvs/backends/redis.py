@@ -754,7 +754,10 @@ return #KEYS
     @translated
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
         value = self.reader.get(self.value_name(key))
-        return NO_VALUE if value is None else value  # type: ignore[no-any-return]
+        if value is None:
+            self._refuse_old_layout([key])
+            return NO_VALUE
+        return value  # type: ignore[no-any-return]
 
     @translated
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
@@ -762,7 +765,23 @@ return #KEYS
             return []
         name = self.value_name
         values = self._mget([name(key) for key in keys])
+        missing = [key for key, value in zip(keys, values) if value is None]
+        if missing:
+            self._refuse_old_layout(missing)
         return [NO_VALUE if value is None else value for value in values]
+
+    def _refuse_old_layout(self, missing: Sequence[str]) -> None:
+        """A value missing here but present under its 0.1 name ``{T}`` means processes
+        of both layouts share the server: reading "missing" and writing would fork the
+        value (and lose updates), so refuse loudly instead.  Costs one EXISTS per miss."""
+        if self.value_name is hash_tag:
+            return
+        if self.reader.exists(*[hash_tag(key) for key in missing]):
+            raise exception.ConfigurationError(
+                f"redis at {self.endpoint} holds values of kvs 0.1, named {{key}}, where "
+                f"this process names them as dogpile.cache.redis does: set the backend "
+                f"argument hash_tags = true in every process of this store (or move the "
+                f"data), see doc/backends/redis.md", option="hash_tags", host=self.endpoint)
 
     def _mget(self, names: list[str]) -> list[Any]:
         return self.reader.mget(names)  # type: ignore[no-any-return]
@@ -837,7 +856,14 @@ return #KEYS
         if reply is None:
             return None, NO_VALUE
         fence, value = reply[0], (reply[1] if len(reply) > 1 else None)
-        return int(fence), (NO_VALUE if value is None else value)
+        if value is None:
+            try:
+                self._refuse_old_layout([key])
+            except exception.ConfigurationError:
+                self.release_lease(key, token)  # granted above: give it back
+                raise
+            return int(fence), NO_VALUE
+        return int(fence), value
 
     @translated
     def release_lease(self, key: str, token: str) -> bool:

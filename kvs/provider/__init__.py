@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from oslo_config import cfg
 
@@ -60,6 +61,7 @@ __all__ = [
     "register_calibration",
     "registered_providers",
     "reset_providers",
+    "warn_unknown_stores",
     "resolve",
     "times2",
     "times3",
@@ -70,8 +72,8 @@ _GUARD = threading.Lock()
 _node_name: str | None = None
 
 
-def configure_providers(conf: cfg.ConfigOpts, stores: Mapping[str, KeyValueStore]
-                        ) -> dict[str, Provider]:
+def configure_providers(conf: cfg.ConfigOpts, stores: Mapping[str, KeyValueStore],
+                        warn_unknown: bool = True) -> dict[str, Provider]:
     """Build the provider of every store in ``stores`` that declares endpoints.
 
     Registers the provider options on ``conf``, reads and checks every
@@ -80,6 +82,8 @@ def configure_providers(conf: cfg.ConfigOpts, stores: Mapping[str, KeyValueStore
     anything is written), then writes initial values where keys do not exist
     yet, and starts scheduled logging where ``autostart_logging`` is on.
     Replaces (and stops) providers of the same names built earlier.
+    ``warn_unknown``: warn about endpoint sections of stores not in ``stores``
+    (:func:`kvs.configure_stores`, building one store at a time, warns once itself).
     """
     global _node_name
     node = options.node_name(conf)
@@ -91,7 +95,8 @@ def configure_providers(conf: cfg.ConfigOpts, stores: Mapping[str, KeyValueStore
         raise exception.ConfigurationError(
             f"section [{stray[0]}] configures an endpoint that [store:{store}] does not "
             f"declare in its endpoints option", option="endpoints", section=stray[0])
-    _warn_unknown_stores(conf, declared)
+    if warn_unknown:
+        warn_unknown_stores(conf, declared)
     specs = {name: [options.read_endpoint_spec(conf, name, endpoint) for endpoint in names]
              for name, names in declared.items() if names}
 
@@ -116,7 +121,8 @@ def configure_providers(conf: cfg.ConfigOpts, stores: Mapping[str, KeyValueStore
     return built
 
 
-def _warn_unknown_stores(conf: cfg.ConfigOpts, declared: Mapping[str, list[str]]) -> None:
+def warn_unknown_stores(conf: cfg.ConfigOpts, declared: Mapping[str, Any]) -> None:
+    """Warn about each ``[endpoint:S.E]`` section whose store ``S`` is not in ``declared``."""
     for section in conf.list_all_sections():
         if not section.startswith(options.ENDPOINT_GROUP_PREFIX):
             continue

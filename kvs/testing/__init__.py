@@ -32,17 +32,22 @@ def reset_registry() -> None:
     provider.reset_providers()
     core._clear_registry()
     core.use_service_defaults(None)
+    with core._EXTRA_BACKENDS_LOCK:
+        core._EXTRA_BACKENDS.clear()
 
 
 @contextlib.contextmanager
 def isolated_stores() -> Iterator[None]:
-    """Run the block with an empty registry; restore the previous one after."""
+    """Run the block with an empty registry and no service defaults; restore both after."""
     with core._REGISTRY_LOCK:
         saved = dict(core._REGISTRY)
         core._REGISTRY.clear()
+    service = core._SERVICE_CONF
+    core.use_service_defaults(None)
     try:
         yield
     finally:
+        core.use_service_defaults(service)
         with core._REGISTRY_LOCK:
             core._REGISTRY.clear()
             core._REGISTRY.update(saved)

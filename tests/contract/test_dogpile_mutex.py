@@ -76,3 +76,29 @@ def test_a_killed_creator_blocks_the_others_for_at_most_mutex_timeout(
     ttl = shared_config["mutex_timeout"]
     bound = math.ceil(ttl) + 2 if shared_config["backing_store"] == "kvs.memcached" else ttl
     assert waited < bound + 1.5, waited
+
+
+def test_failed_extensions_are_made_up_by_the_next_one() -> None:
+    """Two single blips of the backend never lose a mutex whose holder is alive."""
+    from kvs.backends.memory import MemoryBackend
+
+    class Blipping(MemoryBackend):
+        calls = 0
+
+        def extend_lease(self, key: str, token: str, ttl: float) -> bool:
+            type(self).calls += 1
+            if type(self).calls in (1, 3):
+                raise ConnectionError("blip")
+            return super().extend_lease(key, token, ttl)
+
+    backend = Blipping({"mutex_timeout": 0.6})
+    mutex = backend.get_mutex("k")
+    assert mutex.acquire()
+    try:
+        time.sleep(1.5)                       # 2.5 TTLs, with two failed extensions
+        info = backend.lease_info("k")
+        assert info is not None and info.remaining is not None and info.remaining > 0.1
+        assert Blipping.calls >= 4
+    finally:
+        mutex.release()
+    assert backend.lease_info("k") is None

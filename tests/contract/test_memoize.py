@@ -157,3 +157,14 @@ def test_decorating_needs_no_configured_store_and_the_first_call_does(
         assert square(3) == 9 and square.get(3) == 9
         square.set(10, 3)
         assert square(3) == 10 and square.original(3) == 9
+
+
+def test_an_empty_key_prefix_is_refused(make_store: StoreFactory) -> None:
+    store = make_store(key_prefix="")
+
+    @store.memoize()
+    def one() -> int:
+        return 1
+
+    with pytest.raises(exception.ConfigurationError, match="key_prefix"):
+        one()

@@ -28,7 +28,7 @@ from oslo_config import cfg
 
 import kvs
 import kvs.testing
-from kvs import exception, loader
+from kvs import core, exception, loader
 from kvs.backends.base import ArgumentSpec
 from kvs.backends.memory import MemoryBackend
 from kvs.backends.sqlite import SQLiteBackend
@@ -174,16 +174,19 @@ def test_kvs_backends_entries_are_registered_under_keystones_names() -> None:
         assert isinstance(store.region.actual_backend, KVSBackendFixture), name
 
 
-def test_two_backends_of_one_class_name_are_refused() -> None:
+def test_two_backends_of_one_class_name_keep_their_dotted_paths(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Keystone's short name cannot tell them apart: neither gets it, and a 0.1 config
+    listing both still loads (each under its dotted path)."""
     conf = cfg.ConfigOpts()
     kvs.register_opts(conf)
     conf([], project="kvs-port", default_config_files=[])
-    conf.set_override("backends", [f"{HERE}.KVSBackendFixture",
-                                   "kvs.backends.memory.KVSBackendFixture"], group="kvs")
-    with pytest.raises(exception.ConfigurationError) as info:
-        loader.register_extra_backends(conf)
-    assert "openstack.kvs.KVSBackendFixture" in str(info.value)
-    assert info.value.context["option"] == "backends"
+    first, second = f"{HERE}.KVSBackendFixture", "kvs.backends.memory.KVSBackendFixture"
+    conf.set_override("backends", [first, second], group="kvs")
+    entries = core.backend_entries(conf.kvs.backends)
+    assert set(entries) == {first, second}
+    assert "openstack.kvs.KVSBackendFixture" not in entries
+    assert "openstack.kvs.KVSBackendFixture" in caplog.text
 
 
 def test_a_backend_may_not_take_the_name_of_keystones_own() -> None:
@@ -191,8 +194,16 @@ def test_a_backend_may_not_take_the_name_of_keystones_own() -> None:
     kvs.register_opts(conf)
     conf([], project="kvs-port", default_config_files=[])
     conf.set_override("backends", [f"{HERE}.Memory"], group="kvs")
+    assert list(core.backend_entries(conf.kvs.backends)) == [f"{HERE}.Memory"]
+    conf.set_override("backends", [f"openstack.kvs.Memory={HERE}:Memory"], group="kvs")
     with pytest.raises(exception.ConfigurationError, match=re.escape("openstack.kvs.Memory")):
         loader.register_extra_backends(conf)
+
+
+def test_a_named_entry_may_not_shadow_an_installed_backend() -> None:
+    with pytest.raises(exception.ConfigurationError, match=r"kvs\.redis"):
+        core.backend_entries([f"kvs.redis={HERE}:Memory"])
+    assert core.backend_entries(["kvs.redis=kvs.backends.redis:RedisBackend"])
 
 
 def test_kvs_backends_of_a_registered_conf_serve_configure(tmp_path: Path) -> None:

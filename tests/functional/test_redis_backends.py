@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import kvs
+from kvs import exception
 from kvs.backends.redis import hash_tag
 from tests.fixtures.redis_servers import Cluster, RedisServer, SentinelGroup, wait_until
 
@@ -65,6 +66,19 @@ def test_hash_tags_keep_the_layout_of_earlier_versions(stores: Any,
     raw = redis_server.client()
     assert raw.exists(hash_tag(old.backend_key("k"))) == 1
     assert raw.exists(old.backend_key("k")) == 0
+    # A process of the new layout on the same data refuses rather than fork the value.
+    new = stores(url=url, key_prefix="layout")
+    for call in (lambda: new.get("k"), lambda: new.get_multi(["k", "other"]),
+                 lambda: new.update("k", lambda v: v + "!", default="")):
+        with pytest.raises(exception.ConfigurationError, match="hash_tags") as info:
+            call()
+        assert info.value.context["option"] == "hash_tags"
+    assert new.lease_info("k") is None  # update() gave its lease back
+    assert old.get("k") == "written with hash tags" and raw.exists(new.backend_key("k")) == 0
+    new.set("fresh", 1)
+    assert new.get("fresh") == 1
+    with pytest.raises(exception.NotFound):
+        new.get("never-written")
 
 
 def test_braces_in_prefix_stay_in_one_slot(stores: Any, redis_cluster_nodes: Cluster) -> None:

@@ -218,3 +218,22 @@ def test_a_second_config_that_differs_raises_and_one_alike_is_a_no_op(tmp_path: 
     assert "[store:counter]" in message
     assert "filename" in message and "lock_timeout" in message
     assert first["counter"].lock_timeout == 3
+
+
+def test_an_unparsable_file_never_quotes_its_lines(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.conf"
+    broken.write_text("[store:x]\nbackend = kvs.memory\nhunter2-and-no-equals-sign\n")
+    with pytest.raises(exception.ConfigurationError) as info:
+        kvs.load_config([str(broken)])
+    assert "line 3" in str(info.value) and "broken.conf" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_bad_backends_entries_fail_validation_as_loading_does(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        [kvs]
+        backends = kvs.redis=somewhere.else:Backend
+    """)
+    with pytest.raises(exception.ConfigurationError, match=r"kvs\.redis") as info:
+        kvs.load_config([path])
+    assert info.value.context["option"] == "backends"

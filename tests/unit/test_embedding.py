@@ -222,3 +222,58 @@ def test_the_example_service_embeds_kvs_under_concurrent_requests(tmp_path: Path
             assert process.stdout is not None
             process.stdout.close()
     assert (tmp_path / "counter.sqlite3").exists()
+
+
+class ExplodingBackend:
+    """A backend whose constructor fails with an error that is not kvs's."""
+
+    def __init__(self, arguments: dict) -> None:
+        raise OSError("boom: /secret/path")
+
+
+def test_a_store_whose_provider_or_backend_fails_fails_alone(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    path = service_file(tmp_path, kvs_section=f"backends = boom={__name__}:ExplodingBackend",
+                        extra=f"""
+        [store:declared_down]
+        backend = kvs.redis
+        backend_argument = url:redis://127.0.0.1:{closed}/0
+        endpoints = level
+        [endpoint:declared_down.level]
+        initial_value = 1
+        [store:declared_ok]
+        backend = kvs.memory
+        endpoints = level
+        [endpoint:declared_ok.level]
+        initial_value = 2
+        [store:exploding]
+        backend = boom
+        """)
+    conf = parsed(service_conf(), path)
+    with pytest.raises(exception.BrokenStores) as info:
+        kvs.configure_stores(conf)
+    errors = info.value.errors
+    assert sorted(errors) == ["store:declared_down", "store:exploding"]
+    assert isinstance(errors["store:declared_down"], exception.BackendUnavailable)
+    assert "OSError" in errors["store:exploding"].message
+    assert "/secret/path" not in str(info.value)
+    assert sorted(info.value.stores) == ["counter", "declared_ok"]
+    assert kvs.provider.get_provider("declared_ok").get("level")["value_raw"] == 2
+
+
+def test_isolated_stores_keep_the_service_defaults_apart(tmp_path: Path) -> None:
+    path = service_file(tmp_path, kvs_section="default_lock_timeout = 7")
+    conf = service_conf()
+    kvs.register_opts(conf)
+    parsed(conf, path)
+    with kvs.testing.isolated_stores():
+        inside = kvs.get_key_value_store("inside")
+        inside.configure("kvs.memory")
+        assert inside.lock_timeout == 5.0  # built-in defaults in the isolated block
+    outside = kvs.get_key_value_store("outside")
+    outside.configure("kvs.memory")
+    assert outside.lock_timeout == 7      # the service's again after it

@@ -46,3 +46,22 @@ def test_json_nesting_limit_is_checked_before_writing() -> None:
     assert codec.loads(codec.dumps(value)) is not None  # 512 levels: fine
     with pytest.raises(exception.SerializationError, match="deeper than 512"):
         codec.dumps([value])
+
+
+def test_exact_msgpack_keeps_types_or_refuses_them() -> None:
+    from kvs.serializers import exact_dumps, exact_loads
+
+    value = {"t": (1, (2, [3])), "b": b"x", "n": None, "big": -(2 ** 70)}
+    back = exact_loads(exact_dumps(value))
+    assert back == value and type(back["t"]) is tuple and type(back["t"][1]) is tuple
+    inexact_values = (bytearray(b"x"), memoryview(b"x"), {1}, [bytearray()],
+                      {"k": (memoryview(b""),)})
+    for inexact in inexact_values:
+        with pytest.raises(exception.SerializationError):
+            exact_dumps(inexact)
+
+
+def test_store_reads_tuples_written_by_a_plain_region_as_lists() -> None:
+    from kvs.serializers import MsgpackSerializer, exact_dumps
+
+    assert MsgpackSerializer().loads(exact_dumps({"t": (1, (2,))})) == {"t": [1, [2]]}
