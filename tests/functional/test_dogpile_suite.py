@@ -7,9 +7,9 @@ variants differ in connection set-up only, which the contract suite covers).
 
 dogpile's two threaded region tests (``test_threaded_dogpile``,
 ``test_threaded_get_multi``) sleep through 13 s of dogpile's own expiry
-timing; they run on memory, sqlite and redis (one of each: in-process, file,
-network), and are skipped on memcached, Sentinel and Cluster, whose ``get``,
-``set`` and ``*_multi`` calls every other test here covers.  (All 344 tests
+timing; they run on memory and redis (in-process and over the network), and
+are skipped on sqlite, memcached, Sentinel and Cluster, whose ``get``, ``set``
+and ``*_multi`` calls every other test here covers.  (All 344 tests
 passed on all six when this was written.)
 
 One test is replaced: dogpile's ``test_argument_dictionary_unmodified`` adds
@@ -34,7 +34,7 @@ from kvs import exception
 
 BACKENDS = ["memory", "sqlite", "memcached", "redis", "redis_sentinel", "redis_cluster"]
 THREADED_TIMING_TESTS = {"test_threaded_dogpile", "test_threaded_get_multi"}
-THREADED_TIMING_BACKENDS = {"memory", "sqlite", "redis"}
+THREADED_TIMING_BACKENDS = {"memory", "redis"}
 
 
 class _OnKvsBackend:
@@ -52,7 +52,7 @@ class _OnKvsBackend:
     def _kvs_backend_arguments(self, request: pytest.FixtureRequest) -> None:
         if (request.node.originalname in THREADED_TIMING_TESTS
                 and self.kvs_backend not in THREADED_TIMING_BACKENDS):
-            pytest.skip("dogpile's threaded timing tests run on memory, sqlite and redis")
+            pytest.skip("dogpile's threaded timing tests run on memory and redis")
         config = dict(request.getfixturevalue(f"{self.kvs_backend}_backend_config"))
         type(self).backend = config.pop("backing_store")  # type: ignore[attr-defined]
         type(self).config_args = {"arguments": config}  # type: ignore[attr-defined]

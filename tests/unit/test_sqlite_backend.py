@@ -552,9 +552,12 @@ def _report_inherited(backend: SQLiteBackend, key: str, count: int, results: Any
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
-def test_forked_child_never_closes_the_parents_connections(backend: SQLiteBackend) -> None:
+def test_forked_child_never_closes_the_parents_connections(
+        backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     # Another thread of the parent sits in a write transaction during the fork;
-    # closing its copy in the child would roll back in shared WAL state.
+    # closing its copy in the child would roll back in shared WAL state.  The
+    # fork waits FORK_WAIT for that thread (30 s), then forks anyway: 2 s here.
+    monkeypatch.setattr(sqlite_module, "FORK_WAIT", 2.0)
     opened = threading.Event()
     finish = threading.Event()
 
