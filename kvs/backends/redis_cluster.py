@@ -49,6 +49,7 @@ class RedisClusterBackend(RedisBackend):
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         self.startup_nodes: list[tuple[str, int]] = []
         super().__init__(arguments)
+        self.value_name = hash_tag  # always: a value must share its lease's slot
 
     def _check_arguments(self) -> None:
         if not self.options["startup_nodes"]:
@@ -102,7 +103,8 @@ class RedisClusterBackend(RedisBackend):
         self.check_sizes(mapping)
         if not mapping:
             return
-        names = {hash_tag(key): value for key, value in mapping.items()}
+        value_name = self.value_name  # hash_tag: a value shares its lease's slot
+        names = {value_name(key): value for key, value in mapping.items()}
         if ttl is None:
             self.client.mset_nonatomic(names)
             return
@@ -115,4 +117,4 @@ class RedisClusterBackend(RedisBackend):
     def delete_multi(self, keys: Sequence[str]) -> None:  # type: ignore[override]
         if keys:
             # redis-py splits a multi-key DEL into one DEL per slot.
-            self.client.delete(*[hash_tag(key) for key in keys])
+            self.client.delete(*[self.value_name(key) for key in keys])
