@@ -34,8 +34,9 @@ from tests.docs.extract import ROOT, Block
 STAND_INS = Path(__file__).resolve().parent / "stand_ins"
 
 PATH = re.compile(r"(?<![\w.~-])/(?:var|etc|run)/[\w.@+-]+(?:/[\w.@+-]+)*")
-_ADDRESS = re.compile(
-    r"(?<![\w.:/-])((?:\d{1,3}\.){3}\d{1,3}|localhost|[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+)"
+ADDRESS = re.compile(
+    # After ':' too (servers:10.0.0.11:11211) and '/' (redis://127.0.0.1:6379).
+    r"(?<![\w.-])((?:\d{1,3}\.){3}\d{1,3}|localhost|[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+)"
     r":(\d{2,5})\b")
 
 
@@ -57,7 +58,7 @@ class Targets:
         def address(match: re.Match[str]) -> str:
             return self.addresses.get(match.group(0), self.closed)
 
-        return _ADDRESS.sub(address, PATH.sub(path, text))
+        return ADDRESS.sub(address, PATH.sub(path, text))
 
     def environment(self) -> dict[str, str]:
         """The environment of the ``kvs`` commands an example runs."""
