@@ -230,7 +230,9 @@ class KeyValueStore:
         #: configure()'s arguments once it succeeded (to tell a repeat from a change).
         self._configured_with: dict[str, Any] | None = None
         self._inner_mangler: Callable[[str], str] | None = None
-        self._memo: CacheRegion | None = None
+        #: The region of memoized entries; functions are decorated with it before
+        #: the store is configured, and it is configured on their first call.
+        self._memo: CacheRegion = make_region(name=f"{name}#memo")
         self._memo_ready = False
         self.locking = True
         self.lock_timeout = DEFAULT_LOCK_TIMEOUT
@@ -683,25 +685,16 @@ class KeyValueStore:
         self._require_path()
         return self.key_prefix, self._inner_mangler
 
-    def _memo_region(self) -> CacheRegion:
-        """The region of this store's memoized entries (configured on first use)."""
-        with self._configure_lock:
-            return self._memo_region_unlocked()
-
     def _ready_memo_region(self) -> None:
+        """Configure the region of memoized entries on first use (see :mod:`kvs.memoize`)."""
         if self._memo_ready:
             return
         with self._configure_lock:
             if not self._memo_ready:
                 from kvs import memoize
 
-                memoize.configure_memo_region(self._memo_region_unlocked(), self)
+                memoize.configure_memo_region(self._memo, self)
                 self._memo_ready = True
-
-    def _memo_region_unlocked(self) -> CacheRegion:
-        if self._memo is None:
-            self._memo = make_region(name=f"{self.name}#memo")
-        return self._memo
 
     def get_lock(self, key: str, lock_timeout: float | None = None,
                  lock_wait_timeout: float | None = None) -> KeyValueStoreLock:

@@ -145,7 +145,7 @@ def memoize(store: KeyValueStore, expiration_time: float | None = None,
         raise exception.ConfigurationError(
             "memoize expiration_time must be a number of seconds > 0, or None",
             option="expiration_time")
-    region = store._memo_region()
+    region = store._memo
     decorate = region.cache_on_arguments(
         namespace=namespace, expiration_time=expiration_time, should_cache_fn=should_cache_fn)
 

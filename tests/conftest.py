@@ -51,6 +51,14 @@ def backend_config(request: pytest.FixtureRequest, backend_name: str) -> dict[st
     return dict(request.getfixturevalue(f"{backend_name}_backend_config"))
 
 
+@pytest.fixture
+def shared_backend_config(backend_name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
+    """``backend_config`` of a backend whose data processes share; skips the others."""
+    if backend_name in PROCESS_LOCAL_BACKENDS:
+        pytest.skip(f"{backend_name} keeps data in one process")
+    return dict(backend_config)
+
+
 StoreFactory = Callable[..., kvs.KeyValueStore]
 
 

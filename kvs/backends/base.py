@@ -410,8 +410,7 @@ def _cached_value(data: bytes | NoValue) -> Any:
     try:
         return CachedValue(serializers.exact_loads(payload), json.loads(metadata))
     except Exception as exc:  # every decoder has its own exception zoo
-        raise exception.CorruptValue(
-            f"stored bytes cannot be decoded with msgpack: {type(exc).__name__}") from None
+        raise serializers._undecodable("msgpack", exc) from None
 
 
 def require_client(backend: str, module: str, extra: str, packages: str) -> None:

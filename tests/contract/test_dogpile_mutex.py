@@ -19,15 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROCESS_LOCAL_BACKENDS
 from tests.contract import workers
 
 
 @pytest.fixture
-def shared_config(backend_name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
-    if backend_name in PROCESS_LOCAL_BACKENDS:
-        pytest.skip(f"{backend_name} keeps data in one process")
-    return {**backend_config, "mutex_timeout": 1.0}
+def shared_config(shared_backend_config: dict[str, Any]) -> dict[str, Any]:
+    return {**shared_backend_config, "mutex_timeout": 1.0}
 
 
 def test_four_processes_at_once_run_the_creator_once(shared_config: dict[str, Any],

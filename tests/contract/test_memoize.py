@@ -12,7 +12,7 @@ import pytest
 
 import kvs
 from kvs import exception
-from tests.conftest import PROCESS_LOCAL_BACKENDS, StoreFactory
+from tests.conftest import StoreFactory
 from tests.contract import workers
 
 
@@ -125,10 +125,8 @@ def test_a_plain_dogpile_region_gets_a_lease_as_its_mutex(backend_name: str,
 
 
 @pytest.fixture
-def shared_config(backend_name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
-    if backend_name in PROCESS_LOCAL_BACKENDS:
-        pytest.skip(f"{backend_name} keeps data in one process")
-    return dict(backend_config)
+def shared_config(shared_backend_config: dict[str, Any]) -> dict[str, Any]:
+    return shared_backend_config
 
 
 def test_one_process_runs_the_function_the_others_wait(shared_config: dict[str, Any],

@@ -8,15 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROCESS_LOCAL_BACKENDS
 from tests.contract import workers
 
 
 @pytest.fixture
-def shared_config(backend_name: str, backend_config: dict[str, Any]) -> dict[str, Any]:
-    if backend_name in PROCESS_LOCAL_BACKENDS:
-        pytest.skip(f"{backend_name} keeps data in one process")
-    return {**backend_config, "lock_timeout": 10, "lock_wait_timeout": 60}
+def shared_config(shared_backend_config: dict[str, Any]) -> dict[str, Any]:
+    return {**shared_backend_config, "lock_timeout": 10, "lock_wait_timeout": 60}
 
 
 def test_no_lost_update_across_processes(shared_config: dict[str, Any], make_store: Any) -> None:
