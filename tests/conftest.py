@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.sqlite",
     "tests.fixtures.memcached",
     "tests.fixtures.redis",
+    "tests.fixtures.etcd",
 ]
 
 CONTRACT_BACKENDS = [
