@@ -36,6 +36,7 @@ CONTRACT_BACKENDS = [
     "redis_acl",
     "redis_sentinel",
     "redis_cluster",
+    "etcd",
 ]
 
 #: Backends whose data lives in one process only: cross-process tests skip them.

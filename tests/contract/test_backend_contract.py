@@ -11,7 +11,7 @@ from kvs.testing.contract import LeaseBackendContract
 
 #: One configuration of each kvs backend (TLS, ACL and several servers change how a
 #: backend connects, which the rest of the contract suite covers, not its leases).
-BACKENDS = ["memory", "sqlite", "memcached", "redis", "redis_sentinel", "redis_cluster"]
+BACKENDS = ["memory", "sqlite", "memcached", "redis", "redis_sentinel", "redis_cluster", "etcd"]
 
 
 class TestEveryKvsBackend(LeaseBackendContract):
@@ -19,8 +19,10 @@ class TestEveryKvsBackend(LeaseBackendContract):
     def _backend_from_fixtures(self, request: pytest.FixtureRequest) -> None:
         backend_name = request.param
         self._config = dict(request.getfixturevalue(f"{backend_name}_backend_config"))
-        # memcached counts whole seconds and pads leases; memory instances share nothing.
-        self.expiry_slack = 2.6 if self._config["backing_store"] == "kvs.memcached" else 0.3
+        # memcached and etcd count whole seconds and pad leases; memory instances
+        # share nothing.
+        self.expiry_slack = {"kvs.memcached": 2.6, "kvs.etcd": 2.2}.get(
+            self._config["backing_store"], 0.3)
         self.shared = backend_name != "memory"
 
     def make_backend(self) -> LeaseBackend:

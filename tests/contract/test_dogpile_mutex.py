@@ -68,10 +68,11 @@ def test_a_killed_creator_blocks_the_others_for_at_most_mutex_timeout(
         if creator.is_alive():
             creator.kill()
             creator.join(10)
-    # memcached expires items in whole seconds and pads a lease by one second plus
+    # memcached and etcd expire items in whole seconds and pad a lease by one second plus
     # its safety margin (see doc/backends/memcached.md): 3 s on the wire for 1 s.
     ttl = shared_config["mutex_timeout"]
-    bound = math.ceil(ttl) + 2 if shared_config["backing_store"] == "kvs.memcached" else ttl
+    whole_seconds = shared_config["backing_store"] in ("kvs.memcached", "kvs.etcd")
+    bound = math.ceil(ttl) + 2 if whole_seconds else ttl
     assert waited < bound + 1.5, waited
 
 

@@ -1,4 +1,4 @@
-"""redis-py, pymemcache and cryptography are optional: without them kvs imports, sqlite and
+"""redis-py, pymemcache, etcd3gw and cryptography are optional: without them kvs imports, sqlite and
 memory work silently, and configuring a backend (or ``security_strategy = encrypt``) that needs
 one names the extra to install, as a ``pip install 'dogpile-kvs[EXTRA]'`` line.
 
@@ -19,7 +19,7 @@ import sys
 
 class _RefuseClients:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("redis", "pymemcache", "hiredis", "cryptography"):
+        if name.split(".")[0] in ("redis", "pymemcache", "hiredis", "etcd3gw", "cryptography"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
@@ -65,6 +65,7 @@ cases = {
     "kvs.redis_cluster": {"startup_nodes": ["127.0.0.1:9"]},
     "kvs.redis_sentinel": {"sentinels": ["127.0.0.1:9"], "service_name": "m"},
     "kvs.memcached": {"servers": ["127.0.0.1:9"]},
+    "kvs.etcd": {"endpoints": ["127.0.0.1:9"]},
     "dogpile.cache.redis": {"host": "127.0.0.1", "port": 9},
 }
 for backend, arguments in cases.items():
@@ -95,7 +96,8 @@ def test_without_client_libraries(tmp_path: Path) -> None:
     for backend, package, extra in (("kvs.redis", "redis", "redis"),
                                     ("kvs.redis_cluster", "redis", "redis"),
                                     ("kvs.redis_sentinel", "redis", "redis"),
-                                    ("kvs.memcached", "pymemcache", "memcached")):
+                                    ("kvs.memcached", "pymemcache", "memcached"),
+                                    ("kvs.etcd", "etcd3gw", "etcd")):
         message = results[backend]
         assert f"needs the Python package {package!r}" in message, (backend, message)
         assert f"pip install 'dogpile-kvs[{extra}]'" in message, (backend, message)
