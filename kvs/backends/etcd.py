@@ -303,12 +303,15 @@ class EtcdBackend(LeaseBackend):
         raise _EtcdError(code, message or f"HTTP {response.status_code}")
 
     def _call(self, path: str, body: Mapping[str, Any], operation: str,
-              key: str | None = None) -> dict[str, Any]:
+              key: str | None = None, resend: bool = True) -> dict[str, Any]:
         """One request, failing over between members within ``timeout`` seconds.
 
-        Resending after a lost reply is safe for every request this module
-        makes (see the module docstring); a member that does not answer in
-        time ends the call.
+        A member that refuses the connection is skipped (nothing was sent).
+        After a lost reply the request is resent to the next member only with
+        ``resend``: reads, and writes guarded by a compare that recognises
+        their own first run (see the module docstring).  An unguarded write
+        (a plain ``set``) is never resent: a copy delayed in the cluster could
+        otherwise land after a later write and undo it.
         """
         deadline = time.monotonic() + self.timeout
         count = len(self.endpoints)
@@ -324,7 +327,10 @@ class EtcdBackend(LeaseBackend):
             try:
                 if self.options["username"] is not None and self._auth_token is None:
                     self._authenticate(index, left)
-                reply = self._post_once(index, path, body, left)
+                # Half of what is left, so a member that swallows the request
+                # (no quorum, a lost reply) leaves time to resend to another.
+                wait = left if count == 1 else max(left / 2, min(left, 0.05))
+                reply = self._post_once(index, path, body, wait)
                 self._current = index
                 return reply
             except _EtcdError as exc:
@@ -335,18 +341,27 @@ class EtcdBackend(LeaseBackend):
                 if exc.code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE) or exc.code == 0:
                     # No leader, leader changed, request timed out: maybe applied later.
                     problems.append(f"{self._describe(index)}: {exc}")
+                    if not resend:
+                        attempt += 1
+                        break
                 else:
                     raise
-            except (_Refused, _Unknown) as exc:
+            except _Refused as exc:
                 problems.append(f"{self._describe(index)}: {exc}")
+            except _Unknown as exc:
+                problems.append(f"{self._describe(index)}: {exc}")
+                if not resend:
+                    attempt += 1
+                    break
             attempt += 1
             if attempt % count == 0:
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         self._current = (start + max(1, attempt)) % count
         where = self._describe(index) if not problems else problems[-1].split(": ", 1)[0]
         about = f" for key {key!r}" if key is not None else ""
+        within = f"within {self.timeout} s" if resend else "(not resent: it may still land)"
         raise exception.BackendUnavailable(
-            f"{self.name}: etcd did not answer {operation}{about} within {self.timeout} s "
+            f"{self.name}: etcd did not answer {operation}{about} {within} "
             f"({'; '.join(problems[-3:]) or 'no member tried'})", host=where, key=key)
 
     def _authenticate(self, index: int, left: float) -> None:
@@ -402,9 +417,9 @@ class EtcdBackend(LeaseBackend):
         return {"key": _b64(name), "target": target, "result": "EQUAL", field: str(revision)}
 
     def _txn(self, compare: list[Any], success: list[Any], failure: list[Any],
-             operation: str, key: str) -> dict[str, Any]:
+             operation: str, key: str, resend: bool = True) -> dict[str, Any]:
         return self._call("kv/txn", {"compare": compare, "success": success,
-                                     "failure": failure}, operation, key)
+                                     "failure": failure}, operation, key, resend)
 
     # -- etcd leases (TTLs) -------------------------------------------------------
 
@@ -479,7 +494,7 @@ class EtcdBackend(LeaseBackend):
         self.check_size(key, value)
         name = self._ns_value + key
         self._with_lease(ttl, "set", key, lambda lease: self._call(
-            "kv/put", self._put(name, value, lease)["request_put"], "set", key))
+            "kv/put", self._put(name, value, lease)["request_put"], "set", key, resend=False))
 
     @translated
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
@@ -490,12 +505,12 @@ class EtcdBackend(LeaseBackend):
             chunk = items[start:start + MAX_TXN_OPS]
             self._with_lease(ttl, "set", chunk[0][0], lambda lease, chunk=chunk: self._txn(
                 [], [self._put(self._ns_value + key, value, lease) for key, value in chunk],
-                [], "set", chunk[0][0]))
+                [], "set", chunk[0][0], resend=False))
 
     @translated
     def plain_delete(self, key: str) -> bool:
-        # A resend after a lost reply may report False for a key the first run deleted.
-        reply = self._call("kv/deleterange", {"key": _b64(self._ns_value + key)}, "delete", key)
+        reply = self._call("kv/deleterange", {"key": _b64(self._ns_value + key)}, "delete", key,
+                           resend=False)
         return int(reply.get("deleted", 0)) > 0
 
     @translated
@@ -503,7 +518,7 @@ class EtcdBackend(LeaseBackend):
         for start in range(0, len(keys), MAX_TXN_OPS):
             chunk = keys[start:start + MAX_TXN_OPS]
             self._txn([], [self._delete(self._ns_value + key) for key in chunk], [],
-                      "delete", chunk[0])
+                      "delete", chunk[0], resend=False)
 
     @translated
     def ping(self) -> None:
@@ -757,7 +772,7 @@ class EtcdBackend(LeaseBackend):
     @translated
     def break_lease(self, key: str) -> bool:
         reply = self._call("kv/deleterange", {"key": _b64(self._ns_lease + key)},
-                           "break lock", key)
+                           "break lock", key, resend=False)
         return int(reply.get("deleted", 0)) > 0
 
     @translated
