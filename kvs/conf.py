@@ -49,7 +49,7 @@ kvs_opts = [
 store_opts = [
     cfg.StrOpt("backend", default="kvs.sqlite",
                help="dogpile.cache backend name: kvs.memory, kvs.sqlite, kvs.redis, "
-                    "kvs.redis_sentinel, kvs.redis_cluster, kvs.memcached, or a stock "
+                    "kvs.redis_sentinel, kvs.redis_cluster, kvs.memcached, kvs.etcd, or a stock "
                     "dogpile.cache backend (not fenced)."),
     cfg.MultiStrOpt("backend_argument", default=[], secret=True,
                     help="A backend argument as 'name:value'; repeat for several. Values "
