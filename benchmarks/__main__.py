@@ -158,7 +158,8 @@ def machine_info(args: argparse.Namespace, profile: Profile) -> dict[str, Any]:
         "python": platform.python_version(),
         "kvs_commit": _git_commit(),
         "packages": {name: _version(name) for name in (
-            "dogpile-kvs", "dogpile.cache", "redis", "hiredis", "pymemcache", "msgpack")},
+            "dogpile-kvs", "dogpile.cache", "redis", "hiredis", "pymemcache", "msgpack",
+            "etcd3gw", "requests")},
         "load_before": _load(),
         "backends": list(args.backends),
         "phases": list(args.phases),
@@ -223,9 +224,9 @@ def _steps(setups: dict[str, backends.BackendSetup], profile: Profile,
         per_backend += len(profile.worker_counts)
     if "value" in phases:
         per_backend += len(profile.value_sizes)
-    if "size" in phases:
-        per_backend += len(profile.store_sizes)
     total = per_backend * len(available)
+    if "size" in phases:
+        total += sum(len(s.store_sizes(profile.store_sizes)) for s in available)
     if "contention" in phases:
         total += sum(len(contention.variants_for(s, None)) for s in available)
         total += 2 if any(s.name == "redis" for s in available) else 0
@@ -295,8 +296,8 @@ def run_store_size(setups: dict[str, backends.BackendSetup], profile: Profile,
         if not setup.available:
             continue
         progress.label(f"store size: {setup.name}")
-        results.store_size += scaling.store_size(setup, profile.store_sizes, profile.size,
-                                                 progress.step)
+        results.store_size += scaling.store_size(setup, setup.store_sizes(profile.store_sizes),
+                                                 profile.size, progress.step)
         if setup.process_local:
             kvs.testing.reset_registry()  # free the big in-memory store now
 
@@ -307,7 +308,7 @@ def measure_all(args: argparse.Namespace) -> report.RunResults:
     tqdm.tqdm.monitor_interval = 0  # no monitor thread: workers are forked
     began = time.monotonic()
     results = report.RunResults(meta=machine_info(args, profile))
-    with ServerSet() as servers:
+    with ServerSet(args.backends) as servers:
         workdir = servers.root / "data"
         workdir.mkdir()
         setups = backends.build(servers, workdir, args.backends)

@@ -72,7 +72,7 @@ class Variant:
 
 
 def variants_for(setup: BackendSetup, redis_port: int | None) -> list[Variant]:
-    """kvs's two locked paths on ``setup``; on redis also redis-py's Lock."""
+    """kvs's two locked paths on ``setup``; on redis also redis-py's Lock, on etcd etcd3gw's."""
     store_name = f"contend-{setup.name}"
 
     def kvs_subject() -> Subject:
@@ -84,6 +84,10 @@ def variants_for(setup: BackendSetup, redis_port: int | None) -> list[Variant]:
         # The raw transaction loop (BEGIN IMMEDIATE; SELECT; write; COMMIT), each
         # worker on a connection of its own to the raw file.
         found.append(Variant("sqlite", RAW_SQLITE_VARIANT, setup.raw_factory, "update"))
+    if setup.name == "etcd" and setup.raw_factory is not None:
+        # etcd3gw's Lock: acquire() retried every 1 ms (it does not wait), get, put, release.
+        found.append(Variant("etcd", "etcd3gw Lock (poll 1 ms)", setup.raw_factory,
+                             "locked_write"))
     if setup.name == "redis" and redis_port is not None:
         port = redis_port
         found += [

@@ -26,7 +26,8 @@ from benchmarks.report import RunResults, ratio
 from benchmarks.scaling import Point
 from benchmarks.targets import TARGETS
 
-COLOURS = dict(zip(BACKENDS, ("tab:green", "tab:blue", "tab:red", "tab:purple")))
+COLOURS = dict(zip(BACKENDS, ("tab:green", "tab:blue", "tab:red", "tab:purple",
+                               "tab:orange")))
 
 #: How the plots name each side of a comparison and each operation.
 ROLE_LABELS = {"kvs": "kvs", "raw": "raw client", "dogpile": "plain dogpile region"}

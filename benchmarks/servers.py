@@ -1,7 +1,8 @@
-"""The benchmark's own servers: redis-server and memcached on free loopback ports.
+"""The benchmark's own servers: redis-server, memcached and etcd on free loopback ports.
 
 Each server runs in its own temporary directory with persistence off and is
-stopped when the run ends.  A server already running on the machine (such as a
+stopped when the run ends (etcd: a 3-member cluster, see
+:mod:`benchmarks.etcd_servers`).  A server already running on the machine (such as a
 Redis on the default port 6379) is never used: ports come from the kernel's
 free-port allocation, and the default ports are refused outright.
 """
@@ -15,8 +16,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.etcd_servers import EtcdServer
 
 #: Ports of servers that may already run on the machine; never ours.
 FORBIDDEN_PORTS = frozenset({6379, 11211, 26379})
@@ -165,11 +171,15 @@ class ServerSet:
     A server that cannot start is recorded with its reason, never faked.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wanted: Collection[str] | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="kvs-bench-")
         self.root = Path(self._tmp.name)
         self.redis: RedisServer | None = None
         self.memcached: MemcachedServer | None = None
+        #: The 3-member etcd cluster (benchmarks.etcd_servers), started only when
+        #: ``wanted`` (the run's backends; None: all) has etcd.
+        self.etcd: EtcdServer | None = None
+        self.wanted = wanted
         self.problems: dict[str, str] = {}
 
     def start(self) -> ServerSet:
@@ -183,14 +193,27 @@ class ServerSet:
                 self.problems[name] = str(exc)
                 continue
             setattr(self, name, server)
+        if self.wanted is None or "etcd" in self.wanted:
+            self._start_etcd()
         return self
+
+    def _start_etcd(self) -> None:
+        from benchmarks.etcd_servers import EtcdServer
+
+        workdir = self.root / "etcd"
+        workdir.mkdir()
+        try:
+            self.etcd = EtcdServer(workdir).start()
+        except ServerError as exc:
+            self.problems["etcd"] = str(exc)
 
     def versions(self) -> dict[str, str]:
         return {name: server.version() for name, server in
-                (("redis", self.redis), ("memcached", self.memcached)) if server is not None}
+                (("redis", self.redis), ("memcached", self.memcached), ("etcd", self.etcd))
+                if server is not None}
 
     def stop(self) -> None:
-        for server in (self.redis, self.memcached):
+        for server in (self.redis, self.memcached, self.etcd):
             if server is not None:
                 server.stop()
         self._tmp.cleanup()
