@@ -73,6 +73,10 @@ VALUE_LIMIT = 1024 * 1024
 #: etcd's default --max-txn-ops: longer multi-key calls are split.
 MAX_TXN_OPS = 128
 
+#: Bytes of keys and values one set_multi transaction carries (a single value
+#: may still go alone up to VALUE_LIMIT): more would pass etcd's request limit.
+TXN_BYTES = VALUE_LIMIT
+
 #: How long a pooled etcd lease may be handed to new leases and values after
 #: it was granted.  Granted with one second more than asked, so whatever is
 #: bound to it lives at least the TTL asked for and at most one second more.
@@ -498,11 +502,21 @@ class EtcdBackend(LeaseBackend):
 
     @translated
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
-        """One transaction (atomic) up to etcd's 128 operations; longer ones are split."""
+        """One transaction (atomic) up to etcd's 128 operations and TXN_BYTES; longer
+        ones are split."""
         self.check_sizes(mapping)
-        items = list(mapping.items())
-        for start in range(0, len(items), MAX_TXN_OPS):
-            chunk = items[start:start + MAX_TXN_OPS]
+        chunks: list[list[tuple[str, bytes]]] = [[]]
+        size = 0
+        for key, value in mapping.items():
+            item = len(self._ns_value) + len(key.encode("utf-8")) + len(value)
+            if chunks[-1] and (len(chunks[-1]) >= MAX_TXN_OPS or size + item > TXN_BYTES):
+                chunks.append([])
+                size = 0
+            chunks[-1].append((key, value))
+            size += item
+        for chunk in chunks:
+            if not chunk:
+                continue
             self._with_lease(ttl, "set", chunk[0][0], lambda lease, chunk=chunk: self._txn(
                 [], [self._put(self._ns_value + key, value, lease) for key, value in chunk],
                 [], "set", chunk[0][0], resend=False))
