@@ -78,8 +78,8 @@ MAX_TXN_OPS = 128
 TXN_BYTES = VALUE_LIMIT
 
 #: How long a pooled etcd lease may be handed to new leases and values after
-#: it was granted.  Granted with one second more than asked, so whatever is
-#: bound to it lives at least the TTL asked for and at most one second more.
+#: it was granted.  Granted for ceil(TTL) + 1 seconds, so whatever is bound to
+#: it lives at least the TTL asked for and at most ceil(TTL) + 1 seconds.
 LEASE_REUSE = 0.9
 
 #: Lifetime of the done markers' etcd lease (they only need to outlive the
