@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
@@ -241,11 +241,22 @@ class KeyValueStoreLock:
                 self.lease_key, self.token, self._backend_ttl())
             return fence
 
-        self._acquire(attempt)
+        def granted(value: bytes | NoValue) -> None:
+            nonlocal stored
+            stored = value
+
+        self._acquire(attempt, on_grant=granted)
         return stored
 
-    def _acquire(self, attempt: Callable[[], int | None], first_token: str | None = None) -> None:
-        """Take the lease.  ``first_token``: acquire() already tried with it and found it held."""
+    def _acquire(self, attempt: Callable[[], int | None], first_token: str | None = None,
+                 on_grant: Callable[[bytes | NoValue], None] | None = None) -> None:
+        """Take the lease.  ``first_token``: acquire() already tried with it and found it held.
+
+        On a backend that hands the lease over at release (``grants_on_release``:
+        Redis standalone and Sentinel), a waiter queues and is granted the lease
+        and the key's value by the release itself; ``on_grant`` receives that
+        value.  Elsewhere it waits for a release and tries again.
+        """
         if first_token is None:
             if self._state is _HELD or self._state is _LOST:
                 raise RuntimeError(
@@ -257,6 +268,16 @@ class KeyValueStoreLock:
         deadline = time.monotonic() + self.lock_wait_timeout
         tried = first_token is not None
         attempts = int(tried)
+        leases: Any = self._leases
+        if getattr(leases, "grants_on_release", False) and self.max_attempts is None:
+            if not tried:
+                started = time.monotonic()
+                fence = self._attempt_with_retry(attempt)
+                if fence is not None and (self.lock_timeout != 0 or self._confirm_permanent()):
+                    self._start(fence, started)
+                    return
+            self._wait_for_grant(leases, deadline, on_grant)
+            return
         while True:
             if not tried:
                 started = time.monotonic()
@@ -277,6 +298,66 @@ class KeyValueStoreLock:
                     f"could not lock key {self.key!r} in store {self.store!r} within "
                     f"{self.lock_wait_timeout} s", key=self.key, store=self.store)
             self._leases.wait_for_release(self.lease_key, remaining)
+
+    def _wait_for_grant(self, leases: Any, deadline: float,
+                        on_grant: Callable[[bytes | NoValue], None] | None) -> None:
+        """Queue for the lease until a release grants it (with the value) or the wait ends.
+
+        Lost replies: a queue call whose reply was lost may have granted the
+        lease (or a grant's wake-up may have been lost); the next queue call
+        with the same token finds it ours and says so.  If that fails too, the
+        lease is given back and the queue left (best effort) before the error
+        is raised.  Giving up at ``lock_wait_timeout`` leaves the queue; if the
+        lease was granted meanwhile, it is taken rather than left without owner.
+        """
+        assert self.token is not None
+        token, key = self.token, self.lease_key
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                waited = time.monotonic()
+                grant = self._leave_queue(leases)
+                if grant is None:
+                    raise exception.LockAcquireTimeout(
+                        f"could not lock key {self.key!r} in store {self.store!r} within "
+                        f"{self.lock_wait_timeout} s", key=self.key, store=self.store)
+            else:
+                waited = time.monotonic()
+                try:
+                    grant = leases.wait_for_grant(key, token, self._backend_ttl(), remaining)
+                except exception.BackendUnavailable:
+                    try:
+                        grant = leases.wait_for_grant(key, token, self._backend_ttl(), 0.0)
+                    except exception.BackendUnavailable:
+                        self._leave_queue(leases, best_effort=True)
+                        self._give_back()
+                        raise
+            if grant is None:
+                continue
+            fence, value = grant
+            if self.lock_timeout == 0 and not self._confirm_permanent():
+                continue  # lost before it was made permanent: queue again
+            # The grant happened after ``waited``: the holder's view starts there.
+            self._start(fence, waited)
+            if on_grant is not None:
+                on_grant(value)
+            return
+
+    def _leave_queue(self, leases: Any,
+                     best_effort: bool = False) -> tuple[int, bytes | NoValue] | None:
+        """Leave the key's queue; the grant if the lease was handed over meanwhile."""
+        assert self.token is not None
+        try:
+            grant: tuple[int, bytes | NoValue] | None = leases.cancel_grant(
+                self.lease_key, self.token, self._backend_ttl())
+        except exception.BackendUnavailable:
+            if best_effort:
+                return None
+            self._give_back()  # it may have been granted: never leave it ownerless
+            raise
+        if grant is not None and best_effort:
+            return None  # the caller gives the lease back
+        return grant
 
     def _attempt_with_retry(self, attempt: Callable[[], int | None]) -> int | None:
         """One acquire attempt that survives a lost reply.

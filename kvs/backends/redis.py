@@ -286,6 +286,138 @@ end
 return {fence, redis.call('GET', KEYS[3])}
 """
 
+    # Hand-off.  A waiter that finds the key leased queues itself (ENQUEUE):
+    # its token goes on the key's queue list and into the waiters hash with
+    # "<deadline ms>:<lease ttl ms>", and it blocks on its own grant list
+    # ``{T}:queue:<token>``.  Every release (RELEASE, FENCED_SET_AND_RELEASE,
+    # BREAK) then grants the lease straight to the longest-queued live waiter,
+    # exactly as ACQUIRE would (new fence, the waiter's TTL), and pushes
+    # "<fence>:v:<value>" (or "<fence>:n:" for no value) onto its grant list:
+    # the waiter wakes up holding the lease and the value, so a hand-off costs
+    # one round trip.  A waiter's entry lives only until its deadline (it
+    # re-queues each time it blocks again), so a waiter that died or gave up
+    # is skipped within a second; one that gives up cancels (CANCEL), and if
+    # it was granted meanwhile it takes the grant instead of leaving it
+    # ownerless.  No live waiter: the signal list wakes pollers as before.
+
+    #: The grant step shared by every release (a Lua function, prepended to
+    #: each releasing script).  queue = KEYS of the queue list; the grant list
+    #: of a waiter is queue .. ':' .. token (same hash tag, so same slot; only
+    #: the Redis backends that wait by ENQUEUE ever fill a queue, so a cluster,
+    #: whose scripts must name every key, never reaches that line).
+    HAND_OVER = """
+local function hand_over(lease, fence_key, data, signal, waiters, queue, signal_ttl, value)
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for _ = 1, 16 do
+    local waiter = redis.call('LPOP', queue)
+    if not waiter then break end
+    local entry = redis.call('HGET', waiters, waiter)
+    if entry then
+      redis.call('HDEL', waiters, waiter)
+      local sep = string.find(entry, ':', 1, true)
+      local ttl = tonumber(string.sub(entry, sep + 1))
+      if tonumber(string.sub(entry, 1, sep - 1)) > ms then
+        local clock = now[1] .. string.format('%06d', tonumber(now[2]))
+        local counter = tonumber(redis.call('GET', fence_key))
+        if not counter or counter < tonumber(clock) then
+          redis.call('SET', fence_key, clock)
+        end
+        local fence = string.format('%.0f', redis.call('INCR', fence_key))
+        if ttl > 0 then
+          redis.call('SET', lease, waiter, 'PX', ttl)
+        else
+          redis.call('SET', lease, waiter)
+        end
+        if value == nil then value = redis.call('GET', data) end
+        local grant = queue .. ':' .. waiter
+        if value then
+          redis.call('RPUSH', grant, fence .. ':v:' .. value)
+        else
+          redis.call('RPUSH', grant, fence .. ':n:')
+        end
+        if ttl > 0 then
+          redis.call('PEXPIRE', grant, ttl)
+        else
+          redis.call('PEXPIRE', grant, 60000)
+        end
+        return
+      end
+    end
+  end
+  if redis.call('LLEN', signal) == 0 then
+    redis.call('RPUSH', signal, '1')
+    redis.call('PEXPIRE', signal, signal_ttl)
+  end
+end
+"""
+
+    #: Take the lease now if it is free (or already this token's: a grant
+    #: whose reply was lost, or a hand-off the waiter missed; its TTL then
+    #: restarts now, so the waiter's view of it is never longer than the
+    #: server's), else queue.
+    #: KEYS[1] lease, KEYS[2] fence counter, KEYS[3] data, KEYS[4] waiters hash,
+    #: KEYS[5] queue list, KEYS[6] this waiter's grant list.
+    #: ARGV[1] token, ARGV[2] lease ttl ms (0: never expires), ARGV[3] ms the
+    #: queue entry stays valid.
+    #: Returns {fence, value or nil} when taken, else {0, lease PTTL}.
+    ENQUEUE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder or holder == ARGV[1] then
+  local fence
+  if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
+  if not fence then
+    local now = redis.call('TIME')
+    local clock = now[1] .. string.format('%06d', tonumber(now[2]))
+    local counter = tonumber(redis.call('GET', KEYS[2]))
+    if not counter or counter < tonumber(clock) then
+      redis.call('SET', KEYS[2], clock)
+    end
+    fence = redis.call('INCR', KEYS[2])
+  end
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('LREM', KEYS[5], 0, ARGV[1]) end
+  redis.call('DEL', KEYS[6])
+  return {fence, redis.call('GET', KEYS[3])}
+end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[3])
+local entry = string.format('%.0f', ms + window) .. ':' .. ARGV[2]
+if redis.call('HSET', KEYS[4], ARGV[1], entry) == 1 then
+  redis.call('RPUSH', KEYS[5], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[4], window * 4)
+redis.call('PEXPIRE', KEYS[5], window * 4)
+return {0, redis.call('PTTL', KEYS[1])}
+"""
+
+    #: A queued waiter gives up: leave the queue; if the lease was handed to
+    #: it meanwhile, report the grant (the waiter then holds it, with its TTL
+    #: restarted now, so the waiter's own view of it is never longer than the
+    #: server's).
+    #: KEYS as ENQUEUE.  ARGV[1] token, ARGV[2] lease ttl ms (0: never expires).
+    #: Returns {fence, value or nil} when the lease is this token's, else nil.
+    CANCEL = """
+if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('LREM', KEYS[5], 0, ARGV[1]) end
+redis.call('DEL', KEYS[6])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  local ttl = tonumber(ARGV[2])
+  if ttl > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+  return {tonumber(redis.call('GET', KEYS[2])), redis.call('GET', KEYS[3])}
+end
+return false
+"""
+
     # Retried requests.  With ``retries`` > 0 redis-py resends a request
     # whose reply was lost, and a second run of a write that already landed
     # would report the wrong outcome (the lease is gone, the key deleted).
@@ -296,38 +428,36 @@ return {fence, redis.call('GET', KEYS[3])}
     # request and its resend, the resend no longer finds its id and reports
     # LeaseLost or NotFound; that errs on the safe side (fails closed).
 
-    #: Compare-and-delete, then wake one waiter.
-    #: KEYS[1] lease, KEYS[2] signal list, KEYS[3] done marker.
+    #: Compare-and-delete, then hand the lease to the next queued waiter (or
+    #: wake one poller).
+    #: KEYS[1] lease, KEYS[2] signal list, KEYS[3] done marker, KEYS[4] fence
+    #: counter, KEYS[5] data, KEYS[6] waiters hash, KEYS[7] queue list.
     #: ARGV[1] token, ARGV[2] signal ttl ms, ARGV[3] request id ('': none), ARGV[4] done ttl ms.
     #: Returns 1 released (now or by this request's first run), 0 not ours
     #: (expired or taken over: left untouched).
     #: Guarantee: never releases another holder's lease.  The wake-up pushes one
     #: element unless one is already waiting; Redis serves the longest-blocked
     #: BLPOP, so one release hands off to one waiter (no thundering herd).
-    RELEASE = """
+    RELEASE = HAND_OVER + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then return 1 end
   return 0
 end
 redis.call('DEL', KEYS[1])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
-if redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('RPUSH', KEYS[2], '1')
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
+hand_over(KEYS[1], KEYS[4], KEYS[5], KEYS[2], KEYS[6], KEYS[7], ARGV[2], nil)
 return 1
 """
 
-    #: Operator override: drop the lease whoever holds it, then wake one waiter.
-    #: KEYS[1] lease, KEYS[2] signal list.  ARGV[1] unused, ARGV[2] signal ttl ms.
+    #: Operator override: drop the lease whoever holds it, then hand it to the
+    #: next queued waiter (or wake one poller).
+    #: KEYS[1] lease, KEYS[2] signal list, KEYS[3] fence counter, KEYS[4] data,
+    #: KEYS[5] waiters hash, KEYS[6] queue list.  ARGV[1] unused, ARGV[2] signal ttl ms.
     #: Returns 1 when a lease was there, else 0.  The old holder's next fenced
     #: write is refused, because the lease no longer holds its token.
-    BREAK = """
+    BREAK = HAND_OVER + """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-if redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('RPUSH', KEYS[2], '1')
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
+hand_over(KEYS[1], KEYS[3], KEYS[4], KEYS[2], KEYS[5], KEYS[6], ARGV[2], nil)
 return 1
 """
 
@@ -377,14 +507,15 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
 return 1
 """
 
-    #: Fenced write, then release and wake one waiter, atomically: update()'s
-    #: second round trip.
-    #: KEYS[1] lease, KEYS[2] data, KEYS[3] signal list, KEYS[4] done marker.
+    #: Fenced write, then release and hand the lease to the next queued waiter
+    #: (with the value just written), atomically: update()'s second round trip.
+    #: KEYS[1] lease, KEYS[2] data, KEYS[3] signal list, KEYS[4] done marker,
+    #: KEYS[5] fence counter, KEYS[6] waiters hash, KEYS[7] queue list.
     #: ARGV[1] token, ARGV[2] value, ARGV[3] ttl ms (0: none), ARGV[4] signal ttl ms,
     #: ARGV[5] request id ('': none), ARGV[6] done ttl ms.
     #: Returns 1 written and released (now or by this request's first run),
     #: 0 lease lost (nothing written, nothing released).
-    FENCED_SET_AND_RELEASE = """
+    FENCED_SET_AND_RELEASE = HAND_OVER + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) == ARGV[5] then return 1 end
   return 0
@@ -397,10 +528,7 @@ else
 end
 redis.call('DEL', KEYS[1])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
-if redis.call('LLEN', KEYS[3]) == 0 then
-  redis.call('RPUSH', KEYS[3], '1')
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
-end
+hand_over(KEYS[1], KEYS[5], KEYS[2], KEYS[3], KEYS[6], KEYS[7], ARGV[4], ARGV[2])
 return 1
 """
 
@@ -446,7 +574,8 @@ for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'PX', ttl) end
 return #KEYS
 """
 
-    _SCRIPTS = ("ACQUIRE", "ACQUIRE_AND_GET", "RELEASE", "BREAK", "EXTEND", "PERSIST",
+    _SCRIPTS = ("ACQUIRE", "ACQUIRE_AND_GET", "ENQUEUE", "CANCEL", "RELEASE", "BREAK",
+                "EXTEND", "PERSIST",
                 "FENCED_SET", "FENCED_SET_AND_RELEASE", "FENCED_DELETE", "DELETE_ONCE",
                 "LEASE_INFO", "SET_MULTI_PX")
 
@@ -869,7 +998,8 @@ return #KEYS
     def release_lease(self, key: str, token: str) -> bool:
         tag = hash_tag(key)
         return bool(self._script("RELEASE")(
-            keys=[tag + ":lease", tag + ":signal", tag + ":done"],
+            keys=[tag + ":lease", tag + ":signal", tag + ":done", tag + ":fence",
+                  self.value_name(key), tag + ":waiters", tag + ":queue"],
             args=[token, self.SIGNAL_TTL_MS, self._request_id(), self.DONE_TTL_MS]))
 
     @translated
@@ -902,7 +1032,8 @@ return #KEYS
         script = self._script("FENCED_SET_AND_RELEASE")
         request = self._request_id()
         written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done"],
+            keys=[tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done",
+                  tag + ":fence", tag + ":waiters", tag + ":queue"],
             args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, request,
                   self.DONE_TTL_MS], client=client))
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
@@ -934,7 +1065,8 @@ return #KEYS
     def break_lease(self, key: str) -> bool:
         tag = hash_tag(key)
         return bool(self._script("BREAK")(
-            keys=[tag + ":lease", tag + ":signal"], args=["", self.SIGNAL_TTL_MS]))
+            keys=[tag + ":lease", tag + ":signal", tag + ":fence", self.value_name(key),
+                  tag + ":waiters", tag + ":queue"], args=["", self.SIGNAL_TTL_MS]))
 
     @translated
     def wait_for_release(self, key: str, timeout: float) -> None:
@@ -959,6 +1091,62 @@ return #KEYS
             return
         # BLPOP 0 would block forever: the limit is always >= 1 ms here.
         self.client.blpop([tag + ":signal"], timeout=round(limit, 3))
+
+    #: Whether waiters queue and are granted the lease at release (see
+    #: HAND_OVER).  Off on Redis Cluster, whose scripts must name every key
+    #: they touch (a waiter's grant list is named by the token the release
+    #: pops).
+    grants_on_release: ClassVar[bool] = True
+
+    def _queue_keys(self, key: str, token: str) -> list[str]:
+        tag = hash_tag(key)
+        return [tag + ":lease", tag + ":fence", self.value_name(key), tag + ":waiters",
+                tag + ":queue", tag + ":queue:" + token]
+
+    @translated
+    def wait_for_grant(self, key: str, token: str, ttl: float | None,
+                       timeout: float) -> tuple[int, bytes | NoValue] | None:
+        """Take the lease if free, else queue for it and block until a release
+        hands it over, the holder's lease expires, or ``timeout``.
+
+        Returns (fence, stored value) when this token now holds the lease,
+        ``None`` when it does not yet (the caller calls again, which re-queues).
+        """
+        limit = min(timeout, self._blocking_cap)
+        # The entry outlives this wait by a margin, so a re-queue finds it.
+        window_ms = milliseconds(self._blocking_cap + 0.5)
+        reply = self._script("ENQUEUE")(keys=self._queue_keys(key, token),
+                                        args=[token, self._lease_ms(ttl), window_ms])
+        if int(reply[0]):
+            return int(reply[0]), (reply[1] if len(reply) > 1 and reply[1] is not None
+                                   else NO_VALUE)
+        left_ms = int(reply[1])
+        if left_ms > 0:  # a release hands over; an expiry does not, so look again then
+            limit = min(limit, left_ms / 1000)
+        if self.options["max_connections"] is not None:
+            # A bounded pool: never hold a connection in BLPOP (see wait_for_release).
+            time.sleep(max(0.0, min(limit, 0.005)))
+            return None
+        if limit < 0.001:
+            return None
+        popped = self.client.blpop([hash_tag(key) + ":queue:" + token], timeout=round(limit, 3))
+        if popped is None:
+            return None
+        fence, kind, value = bytes(popped[1]).split(b":", 2)
+        return int(fence), (value if kind == b"v" else NO_VALUE)
+
+    @translated
+    def cancel_grant(self, key: str, token: str,
+                     ttl: float | None) -> tuple[int, bytes | NoValue] | None:
+        """Leave the queue; if the lease was handed to ``token`` meanwhile, return
+        the grant (the caller holds the lease then, for ``ttl`` from now), else
+        ``None``."""
+        reply = self._script("CANCEL")(keys=self._queue_keys(key, token),
+                                       args=[token, self._lease_ms(ttl)])
+        if reply is None:
+            return None
+        return int(reply[0]), (reply[1] if len(reply) > 1 and reply[1] is not None
+                               else NO_VALUE)
 
     @translated
     def ping(self) -> None:

@@ -46,6 +46,10 @@ class RedisClusterBackend(RedisBackend):
         "startup_nodes": ArgumentSpec("list"),
     }
 
+    #: Waiters wait on the signal list: a release that granted the lease to a
+    #: queued waiter would write a key its script does not name.
+    grants_on_release: ClassVar[bool] = False
+
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         self.startup_nodes: list[tuple[str, int]] = []
         super().__init__(arguments)

@@ -1,0 +1,217 @@
+"""The Redis lease hand-off: a release grants the lease, with the value, to the
+longest-queued live waiter (kvs.backends.redis, HAND_OVER).
+
+Correctness only; the throughput and hand-off latency are measured by
+``make bench`` (contention phase), not asserted here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import kvs
+from kvs import exception
+from kvs.backends.redis import RedisBackend, hash_tag
+from tests.fixtures.redis_servers import RedisServer
+from tests.functional.fault_support import spawn_context
+from tests.functional.faultproxy import FaultProxy
+
+
+@pytest.fixture
+def stores(redis_server: RedisServer) -> Iterator[Any]:
+    """Stores over one shared key prefix on the tests' redis-server (like processes of
+    one service)."""
+    prefix = f"handoff-{uuid.uuid4().hex[:8]}"
+    with kvs.testing.isolated_stores():
+        def make(url: str | None = None, **overrides: Any) -> kvs.KeyValueStore:
+            store = kvs.get_key_value_store(f"h-{uuid.uuid4().hex[:10]}")
+            store.configure("kvs.redis", url=url or f"redis://{redis_server.address}/0",
+                            key_prefix=prefix, lock_timeout=5, lock_wait_timeout=5,
+                            **overrides)
+            return store
+
+        yield make
+
+
+def _queue_is_empty(store: kvs.KeyValueStore, key: str, server: RedisServer) -> bool:
+    lock = store.get_lock(key)
+    tag = hash_tag(lock.lease_key)
+    client = server.client()
+    return bool(client.hlen(tag + ":waiters") == 0 and client.llen(tag + ":queue") == 0)
+
+
+def _start(target: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_queued(server: RedisServer, store: kvs.KeyValueStore, key: str, count: int) -> None:
+    tag = hash_tag(store.get_lock(key).lease_key)
+    client = server.client()
+    deadline = time.monotonic() + 5
+    while client.hlen(tag + ":waiters") < count:
+        assert time.monotonic() < deadline, "the waiters never queued"
+        time.sleep(0.005)
+
+
+def test_release_hands_the_lease_and_the_new_value_to_the_waiter(
+        stores: Any, redis_server: RedisServer) -> None:
+    holder_store, waiter_store = stores(), stores()
+    holder_store.set("n", 1)
+    holder = holder_store.get_lock("n").acquire()
+    seen: list[Any] = []
+    waiter = _start(lambda: seen.append(waiter_store.update("n", lambda value: value * 10)))
+    _wait_queued(redis_server, holder_store, "n", 1)
+    holder_store.set("n", 7, lock=holder)
+    holder.release()
+    waiter.join(5)
+    assert seen == [70]                       # it read the value the holder wrote
+    assert holder_store.get("n") == 70
+    assert holder_store.lease_info("n") is None
+    assert _queue_is_empty(holder_store, "n", redis_server)
+
+
+def test_waiters_are_granted_in_the_order_they_queued(
+        stores: Any, redis_server: RedisServer) -> None:
+    store = stores()
+    holder = store.get_lock("k").acquire()
+    order: list[int] = []
+    fences: list[int] = []
+
+    def wait(index: int) -> None:
+        with store.get_lock("k") as lock:
+            order.append(index)
+            assert lock.fence is not None
+            fences.append(lock.fence)
+
+    threads = []
+    for index in range(3):
+        threads.append(_start(lambda index=index: wait(index)))
+        _wait_queued(redis_server, store, "k", index + 1)
+    holder.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2]
+    assert holder.fence is not None and fences == sorted(fences) and fences[0] > holder.fence
+    assert _queue_is_empty(store, "k", redis_server)
+
+
+def test_a_waiter_that_gave_up_is_skipped(stores: Any, redis_server: RedisServer) -> None:
+    store = stores()
+    holder = store.get_lock("k").acquire()
+    impatient = store.get_lock("k", lock_wait_timeout=0.2)
+    with pytest.raises(exception.LockAcquireTimeout):
+        impatient.acquire()
+    got: list[str | None] = []
+    patient = store.get_lock("k")
+    thread = _start(lambda: got.append(patient.acquire().token))
+    _wait_queued(redis_server, store, "k", 1)
+    holder.release()
+    thread.join(5)
+    assert got and got[0] == patient.token
+    info = store.lease_info("k")
+    assert info is not None and info.token == patient.token
+    patient.release()
+
+
+def test_a_killed_waiter_is_skipped_once_its_entry_runs_out(
+        stores: Any, redis_server: RedisServer) -> None:
+    """A waiter process SIGKILLed while queued: a release after its entry ran out
+    (about 1 s) hands the lease to the next live waiter, not to the dead one."""
+    store = stores()
+    holder = store.get_lock("k").acquire()
+    config = {"backing_store": "kvs.redis", "url": f"redis://{redis_server.address}/0",
+              "key_prefix": store.key_prefix, "lock_timeout": 5, "lock_wait_timeout": 30}
+    context = spawn_context()
+    doomed = context.Process(target=_wait_for_lock, args=(config,))
+    doomed.start()
+    try:
+        _wait_queued(redis_server, store, "k", 1)
+        assert doomed.pid is not None
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.join(10)
+        time.sleep(1.5)  # past the dead waiter's entry (blocking cap + 0.5 s)
+        got: list[str | None] = []
+        live = store.get_lock("k")
+        thread = _start(lambda: got.append(live.acquire().token))
+        time.sleep(0.1)
+        began = time.monotonic()
+        holder.release()
+        thread.join(5)
+        assert got == [live.token]
+        assert time.monotonic() - began < 1.0
+        live.release()
+    finally:
+        if doomed.is_alive():
+            doomed.kill()
+
+
+def _wait_for_lock(config: dict[str, Any]) -> None:
+    store = kvs.get_key_value_store("doomed")
+    store.configure(**config)
+    with store.get_lock("k"):
+        time.sleep(60)
+
+
+def test_a_grant_that_arrives_as_the_waiter_gives_up_is_taken_not_left_ownerless(
+        stores: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waiter queues but does not block (its wait is patched to only queue and
+    sleep); the holder releases, which grants the lease to it; at its deadline the
+    waiter leaves the queue, finds the grant, and holds the lease."""
+    store = stores()
+    holder = store.get_lock("k").acquire()
+    queue_only = RedisBackend.wait_for_grant
+
+    def wait_without_blocking(self: RedisBackend, key: str, token: str, ttl: float | None,
+                              timeout: float) -> Any:
+        grant = queue_only(self, key, token, ttl, 0.0)  # queue (or take), never block
+        time.sleep(timeout)
+        return grant
+
+    monkeypatch.setattr(RedisBackend, "wait_for_grant", wait_without_blocking)
+    waiter = store.get_lock("k", lock_wait_timeout=0.5)
+    results: list[Any] = []
+    thread = _start(lambda: results.append(waiter.acquire()))
+    _wait_queued(redis_server, store, "k", 1)
+    holder.release()                         # grants to the waiter, which is asleep
+    thread.join(5)
+    assert results == [waiter] and waiter.active
+    info = store.lease_info("k")
+    assert info is not None and info.token == waiter.token and info.fence == waiter.fence
+    store.set("k", "mine", lock=waiter)
+    waiter.release()
+    assert store.lease_info("k") is None
+
+
+def test_a_lost_wake_up_is_recognised_by_the_next_queue_call(
+        stores: Any, redis_server: RedisServer) -> None:
+    """The reply of the waiter's BLPOP (its grant) is lost and its connection cut: the
+    lock queues again with the same token, finds the lease already its own, and holds
+    it with the granted fence."""
+    holder_store = stores()
+    with FaultProxy("127.0.0.1", redis_server.port) as proxy:
+        waiter_store = stores(url=f"redis://{proxy.address}/0")
+        holder = holder_store.get_lock("k").acquire()
+        waiter = waiter_store.get_lock("k")
+        results: list[Any] = []
+        thread = _start(lambda: results.append(waiter.acquire()))
+        _wait_queued(redis_server, holder_store, "k", 1)
+        time.sleep(0.05)  # the waiter is in BLPOP now
+        proxy.drop_next_reply(close=True)
+        holder.release()
+        thread.join(5)
+        assert proxy.dropped == 1
+        assert results == [waiter]
+        info = holder_store.lease_info("k")
+        assert info is not None and info.token == waiter.token and info.fence == waiter.fence
+        waiter.release()
+    assert holder_store.lease_info("k") is None
