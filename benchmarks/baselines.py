@@ -61,7 +61,13 @@ class RawMemory(Subject):
         with self.lock:
             if section is not None:
                 section.enter()
-            self.data[key] = pack(unpack(self.data.get(key, pack(0))) + 1)
+            # No default encoded up front (``data.get(key, pack(0))`` would pack
+            # one on every call, even with the key there): as the other raw
+            # subjects, only what the operation needs.  That extra pack made
+            # this baseline about 40% slower, and every ratio to it that much
+            # kinder to kvs.
+            stored = self.data.get(key)
+            self.data[key] = pack((0 if stored is None else unpack(stored)) + 1)
             if section is not None:
                 section.leave()
 

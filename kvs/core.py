@@ -29,7 +29,7 @@ from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 from kvs import durations, exception, manglers, paths, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 from kvs.errors import raise_translated, translated
-from kvs.lock import MAX_LOCK_WINDOW, KeyValueStoreLock
+from kvs.lock import MAX_LOCK_WINDOW, KeyValueStoreLock, LockState
 from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
 from kvs.stock import StockLeases, stock_lock_arguments
 
@@ -52,6 +52,10 @@ _NO_DEFAULT: Any = object()
 #: Client libraries of stock dogpile backends: their errors mean "unavailable".
 _CLIENT_LIBRARIES = frozenset({"redis", "valkey", "pymemcache", "memcache", "pylibmc",
                                "bmemcached"})
+
+# An enum member is looked up through its class on every access (about 70 ns):
+# the hot paths use these names instead.
+_WRITTEN, _LEASE_LOST, _HELD = Fenced.WRITTEN, Fenced.LEASE_LOST, LockState.HELD
 
 #: Errors the store re-raises naming the user's key and the store.
 _RENAMED = (exception.SerializationError, exception.ValueTooLarge, exception.CorruptValue,
@@ -607,8 +611,16 @@ class KeyValueStore:
             if (type(lock) is KeyValueStoreLock and lock.enabled
                     and lock._leases is path.leases) or self._check_lock(key, lock):
                 data = self._serializer.pack(value)
-                token = lock.write_token(key)
-                if path.fenced_set(mangled, data, token, ttl) is Fenced.LEASE_LOST:
+                # lock.write_token(key) written out for a held lock still within
+                # its time (a call frame is a tenth of the whole write here);
+                # anything else goes through it, which raises the right error.
+                valid_until = lock._valid_until
+                if key == lock.key and lock._state is _HELD and (
+                        valid_until is None or time.monotonic() < valid_until):
+                    token: str = lock.token  # type: ignore[assignment]  # set while HELD
+                else:
+                    token = lock.write_token(key)
+                if path.fenced_set(mangled, data, token, ttl) is _LEASE_LOST:
                     lock.lose()
             else:  # locking=False: key and timeout checked, plain write
                 path.set(mangled, self._serializer.pack(value), ttl)
@@ -737,7 +749,7 @@ class KeyValueStore:
         and returns the new value.  Raises LockTimeout, writing nothing, if the
         lease is lost meanwhile.
         """
-        path = self._require_path()
+        path = self._path or self._require_path()
         mangled = self._key_mangler(key)  # checks the key
         ttl = self.default_ttl if ttl is None else self._ttl(ttl)
         backend = path.backend
@@ -775,43 +787,47 @@ class KeyValueStore:
         past the holder's view of ``lock_timeout`` raises LockTimeout and
         writes nothing; ``fn`` raising writes nothing.
         """
-        serializer = self._serializer
         lock_timeout = self.lock_timeout
         budget = lease_ttl = None
         if lock_timeout:
             window = MAX_LOCK_WINDOW if lock_timeout >= 4 * MAX_LOCK_WINDOW else lock_timeout / 4
             budget, lease_ttl = lock_timeout - window, lock_timeout + window  # safety_window
-        result: list[Any] = []
-        failed: list[BaseException] = []
+        # What change() reads comes in as defaults and what it hands out goes
+        # into ``out`` (the new value, fn's own error): a closure would make a
+        # cell per name on every call, a seventh of an update() on kvs.memory.
+        # change runs at most once per update_value.
+        out: list[Any] = [None, None]
 
-        def change(stored: Any) -> bytes:
+        def change(stored: Any, store: KeyValueStore = self, key: str = key,
+                   fn: Callable[[Any], Any] = fn, default: Any = default,
+                   budget: float | None = budget, out: list[Any] = out) -> bytes:
             started = time.monotonic()
             if stored is not NO_VALUE:
-                current = serializer.unpack(stored)
+                current = store._serializer.unpack(stored)
             elif default is _NO_DEFAULT:
-                raise exception.NotFound(key, store=self.name)
+                raise exception.NotFound(key, store=store.name)
             else:
                 current = default
             try:
-                new = fn(current)
+                value = fn(current)
             except BaseException as error:
-                failed.append(error)  # fn's own error reaches the caller unchanged
+                out[1] = error  # fn's own error reaches the caller unchanged
                 raise
             if budget is not None and time.monotonic() - started >= budget:
                 raise exception.LockTimeout(
-                    f"lock timeout occurred for key {key!r} in store {self.name!r} "
-                    f"(update's fn ran past lock_timeout={lock_timeout} s); nothing was "
-                    f"written", key=key, store=self.name)
-            result.append(new)
-            return serializer.pack(new)
+                    f"lock timeout occurred for key {key!r} in store {store.name!r} "
+                    f"(update's fn ran past lock_timeout={store.lock_timeout} s); nothing "
+                    f"was written", key=key, store=store.name)
+            out[0] = value
+            return store._serializer.pack(value)
 
         try:
             deadline = None
             while True:
                 outcome = backend.update_value(mangled, change, ttl, lease_ttl)
-                if outcome is Fenced.WRITTEN:
-                    return result[0]
-                if outcome is Fenced.LEASE_LOST:
+                if outcome is _WRITTEN:
+                    return out[0]
+                if outcome is _LEASE_LOST:
                     raise exception.LeaseLost(
                         f"lease on key {key!r} in store {self.name!r} was broken during "
                         f"update(); nothing was written", key=key, store=self.name)
@@ -824,7 +840,7 @@ class KeyValueStore:
                         f"{self.lock_wait_timeout} s", key=key, store=self.name)
                 backend.wait_for_release(mangled, deadline - now)
         except Exception as exc:
-            if failed and failed[0] is exc:
+            if out[1] is exc:
                 raise
             raise_translated(self, exc, "update", (key,))
 
