@@ -58,18 +58,23 @@ def safety_window(lock_timeout: float) -> float:
 # Tokens: 64 random bits drawn once per process, then a counter.  Unique
 # across processes, restarts and forks (a child draws new bits) without a
 # system call per acquisition, which costs more than a memory-backend lease.
+# The random bits are kept as the high half of an int: the hex of the 16 bytes
+# of (bits | counter) is the same 32 digits as prefix + "%016x" of the counter,
+# at two thirds of the cost of formatting the two (a tenth of a memory lease).
 _token_prefix = os.urandom(8).hex()
+_token_bits = int(_token_prefix, 16) << 64
 _token_counter = itertools.count(1)
 
 
 def new_token() -> str:
     """A token no other acquisition anywhere has: 32 hex digits, as uuid4().hex."""
-    return f"{_token_prefix}{next(_token_counter):016x}"
+    return (_token_bits | next(_token_counter)).to_bytes(16, "big").hex()
 
 
 def _new_token_source_in_child() -> None:
-    global _token_prefix, _token_counter
+    global _token_prefix, _token_bits, _token_counter
     _token_prefix = os.urandom(8).hex()
+    _token_bits = int(_token_prefix, 16) << 64
     _token_counter = itertools.count(1)
 
 
@@ -86,7 +91,9 @@ class LockState(enum.Enum):
     RELEASED = "released"
 
 
-_HELD, _LOST, _RELEASED = LockState.HELD, LockState.LOST, LockState.RELEASED
+# An enum member is looked up through its class on every access (about 70 ns):
+# the hot paths use these names instead.
+_IDLE, _HELD, _LOST, _RELEASED = LockState.IDLE, LockState.HELD, LockState.LOST, LockState.RELEASED
 
 
 class Leases(Protocol):
@@ -148,7 +155,7 @@ class KeyValueStoreLock:
         self.token: str | None = None
         #: Strictly increasing per key and store across acquisitions; None before.
         self.fence: int | None = None
-        self._state = LockState.IDLE
+        self._state = _IDLE
         self._valid_until: float | None = None
 
     # -- state --------------------------------------------------------------
@@ -206,7 +213,8 @@ class KeyValueStoreLock:
             self._acquire(self._attempt)
             return self
         # The hot path, _acquire written out for a free lease with a timeout.
-        self.token = token = f"{_token_prefix}{next(_token_counter):016x}"  # new_token()
+        # new_token(), written out.
+        self.token = token = (_token_bits | next(_token_counter)).to_bytes(16, "big").hex()
         timeout = self.lock_timeout
         window = MAX_LOCK_WINDOW if timeout >= 4 * MAX_LOCK_WINDOW else timeout / 4.0
         started = time.monotonic()
