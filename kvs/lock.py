@@ -117,6 +117,7 @@ class KeyValueStoreLock:
 
     # Slots: a lock is made for every locked write, and slots make it cheaper.
     __slots__ = (
+        "_grants",
         "_leases",
         "_max_duration",
         "_state",
@@ -151,6 +152,8 @@ class KeyValueStoreLock:
         #: Tries acquire() makes at most (Keystone's max_lock_attempts); None:
         #: as many as fit in lock_wait_timeout.
         self.max_attempts = max_attempts
+        #: The backend queues waiters and grants at release (see _wait_for_grant).
+        self._grants = bool(getattr(leases, "grants_on_release", False)) and max_attempts is None
         #: Unique per acquisition; None before the first acquire.
         self.token: str | None = None
         #: Strictly increasing per key and store across acquisitions; None before.
@@ -209,7 +212,8 @@ class KeyValueStoreLock:
         Raises :class:`~kvs.exception.LockAcquireTimeout` when the wait runs out.
         """
         state = self._state
-        if state is _HELD or state is _LOST or not self.enabled or self.lock_timeout == 0:
+        if state is _HELD or state is _LOST or not self.enabled or self.lock_timeout == 0 \
+                or self._grants:
             self._acquire(self._attempt)
             return self
         # The hot path, _acquire written out for a free lease with a timeout.
@@ -277,13 +281,8 @@ class KeyValueStoreLock:
         tried = first_token is not None
         attempts = int(tried)
         leases: Any = self._leases
-        if getattr(leases, "grants_on_release", False) and self.max_attempts is None:
-            if not tried:
-                started = time.monotonic()
-                fence = self._attempt_with_retry(attempt)
-                if fence is not None and (self.lock_timeout != 0 or self._confirm_permanent()):
-                    self._start(fence, started)
-                    return
+        if self._grants:
+            # The queue call takes a free lease at once, so it is also the first try.
             self._wait_for_grant(leases, deadline, on_grant)
             return
         while True:
@@ -320,9 +319,10 @@ class KeyValueStoreLock:
         """
         assert self.token is not None
         token, key = self.token, self.lease_key
+        first = True  # the first call is also the first try, even with no wait at all
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not first:
                 waited = time.monotonic()
                 grant = self._leave_queue(leases)
                 if grant is None:
@@ -330,15 +330,19 @@ class KeyValueStoreLock:
                         f"could not lock key {self.key!r} in store {self.store!r} within "
                         f"{self.lock_wait_timeout} s", key=self.key, store=self.store)
             else:
+                first = False
                 waited = time.monotonic()
+                read = on_grant is not None
                 try:
-                    grant = leases.wait_for_grant(key, token, self._backend_ttl(), remaining)
+                    grant = leases.wait_for_grant(key, token, self._backend_ttl(),
+                                                  max(0.0, remaining), read)
                 except exception.BackendUnavailable:
                     try:
-                        grant = leases.wait_for_grant(key, token, self._backend_ttl(), 0.0)
+                        grant = leases.wait_for_grant(key, token, self._backend_ttl(), 0.0,
+                                                      read)
                     except exception.BackendUnavailable:
-                        self._leave_queue(leases, best_effort=True)
                         self._give_back()
+                        self._leave_queue(leases, best_effort=True)
                         raise
             if grant is None:
                 continue
@@ -364,7 +368,8 @@ class KeyValueStoreLock:
             self._give_back()  # it may have been granted: never leave it ownerless
             raise
         if grant is not None and best_effort:
-            return None  # the caller gives the lease back
+            self._give_back()  # granted after all: still nobody's, give it back
+            return None
         return grant
 
     def _attempt_with_retry(self, attempt: Callable[[], int | None]) -> int | None:

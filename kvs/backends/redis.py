@@ -359,8 +359,10 @@ end
     #: KEYS[1] lease, KEYS[2] fence counter, KEYS[3] data, KEYS[4] waiters hash,
     #: KEYS[5] queue list, KEYS[6] this waiter's grant list.
     #: ARGV[1] token, ARGV[2] lease ttl ms (0: never expires), ARGV[3] ms the
-    #: queue entry stays valid.
+    #: queue entry stays valid, ARGV[4] '1' to read the value when taken.
     #: Returns {fence, value or nil} when taken, else {0, lease PTTL}.
+    #: The lock calls this (not ACQUIRE) first, so a contended acquire costs
+    #: one round trip to queue, not a failed ACQUIRE and then a queue call.
     ENQUEUE = """
 local holder = redis.call('GET', KEYS[1])
 if not holder or holder == ARGV[1] then
@@ -383,7 +385,8 @@ if not holder or holder == ARGV[1] then
   end
   if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('LREM', KEYS[5], 0, ARGV[1]) end
   redis.call('DEL', KEYS[6])
-  return {fence, redis.call('GET', KEYS[3])}
+  if ARGV[4] == '1' then return {fence, redis.call('GET', KEYS[3])} end
+  return {fence}
 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -1104,22 +1107,24 @@ return #KEYS
                 tag + ":queue", tag + ":queue:" + token]
 
     @translated
-    def wait_for_grant(self, key: str, token: str, ttl: float | None,
-                       timeout: float) -> tuple[int, bytes | NoValue] | None:
+    def wait_for_grant(self, key: str, token: str, ttl: float | None, timeout: float,
+                       read_value: bool = False) -> tuple[int, bytes | NoValue] | None:
         """Take the lease if free, else queue for it and block until a release
         hands it over, the holder's lease expires, or ``timeout``.
 
-        Returns (fence, stored value) when this token now holds the lease,
-        ``None`` when it does not yet (the caller calls again, which re-queues).
+        Returns (fence, stored value) when this token now holds the lease (the
+        value only with ``read_value``, else NO_VALUE), ``None`` when it does
+        not yet (the caller calls again, which re-queues).
         """
         limit = min(timeout, self._blocking_cap)
         # The entry outlives this wait by a margin, so a re-queue finds it.
         window_ms = milliseconds(self._blocking_cap + 0.5)
-        reply = self._script("ENQUEUE")(keys=self._queue_keys(key, token),
-                                        args=[token, self._lease_ms(ttl), window_ms])
+        reply = self._script("ENQUEUE")(
+            keys=self._queue_keys(key, token),
+            args=[token, self._lease_ms(ttl), window_ms, "1" if read_value else "0"])
         if int(reply[0]):
-            return int(reply[0]), (reply[1] if len(reply) > 1 and reply[1] is not None
-                                   else NO_VALUE)
+            value = reply[1] if len(reply) > 1 and reply[1] is not None else NO_VALUE
+            return self._granted(key, token, int(reply[0]), value, read_value)
         left_ms = int(reply[1])
         if left_ms > 0:  # a release hands over; an expiry does not, so look again then
             limit = min(limit, left_ms / 1000)
@@ -1133,7 +1138,22 @@ return #KEYS
         if popped is None:
             return None
         fence, kind, value = bytes(popped[1]).split(b":", 2)
-        return int(fence), (value if kind == b"v" else NO_VALUE)
+        return self._granted(key, token, int(fence), value if kind == b"v" else NO_VALUE,
+                             read_value)
+
+    def _granted(self, key: str, token: str, fence: int, value: bytes | NoValue,
+                 read_value: bool) -> tuple[int, bytes | NoValue]:
+        """A grant, after the check that a missing value is not under its 0.1 name
+        (as acquire_lease_and_get does; the lease is given back if it is)."""
+        if not read_value:
+            return fence, NO_VALUE
+        if value is NO_VALUE:
+            try:
+                self._refuse_old_layout([key])
+            except exception.ConfigurationError:
+                self.release_lease(key, token)
+                raise
+        return fence, value
 
     @translated
     def cancel_grant(self, key: str, token: str,
