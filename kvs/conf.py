@@ -67,6 +67,12 @@ store_opts = [
                     "nobody else can write to."),
     cfg.FloatOpt("default_ttl", min=0,
                  help="Seconds until a written value expires. Default: never."),
+    cfg.BoolOpt("near_cache",
+                help="Serve hot get/get_multi/exists from process memory, kept coherent by "
+                     "Redis's server-assisted invalidation (kvs.redis and "
+                     "kvs.redis_sentinel only). Default: off."),
+    cfg.IntOpt("near_cache_size", min=1,
+               help="Values the near cache keeps (LRU). Default: 10000."),
     cfg.ListOpt("proxies", default=[],
                 help="dogpile.cache ProxyBackend classes as dotted paths; the first is "
                      "outermost."),

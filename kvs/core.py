@@ -325,6 +325,7 @@ class KeyValueStore:
         if max_duration is None:
             max_duration = self._max_duration
         settings = self._store_settings(args, max_duration())
+        _near_cache_arguments(backing_store, backend_cls, args, settings["key_prefix"])
         self._check_backend_arguments(backing_store, backend_cls, args, settings["default_ttl"])
         if key_mangler is not None and not callable(key_mangler):
             raise exception.ConfigurationError("key_mangler must be callable", option="key_mangler")
@@ -886,6 +887,29 @@ class KeyValueStore:
             path.leases.ping()
         else:  # a key every backend accepts, mangled or not
             path.get(self._key_mangler("kvs-ping"))
+
+
+def _near_cache_arguments(backing_store: str, backend_cls: Any, args: dict[str, Any],
+                          key_prefix: str) -> None:
+    """``near_cache`` and ``near_cache_size``: only where the backend has a near cache
+    (kvs.redis, kvs.redis_sentinel); it tracks the store's key prefix."""
+    if "near_cache_prefix" in args:
+        raise exception.ConfigurationError(
+            "near_cache_prefix is set by the store from its key_prefix", option="near_cache_prefix")
+    wanted = args.get("near_cache")
+    if wanted is None and "near_cache_size" not in args:
+        return
+    offered = "near_cache" in getattr(backend_cls, "arguments", {})
+    if not offered:
+        if wanted in (None, False, "false", "no", "off", "0", 0):
+            args.pop("near_cache", None)
+            args.pop("near_cache_size", None)
+            return
+        raise exception.ConfigurationError(
+            f"near_cache is offered by kvs.redis and kvs.redis_sentinel only, not by "
+            f"{backing_store}: its coherence needs Redis's server-assisted invalidation",
+            option="near_cache")
+    args["near_cache_prefix"] = key_prefix
 
 
 def _same(before: Any, now: Any) -> bool:

@@ -268,6 +268,10 @@ def store_arguments(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
     args["serializer"] = section.serializer
     if section.default_ttl is not None:
         args["default_ttl"] = section.default_ttl
+    if section.near_cache is not None:
+        args["near_cache"] = section.near_cache
+    if section.near_cache_size is not None:
+        args["near_cache_size"] = section.near_cache_size
     args["enable_key_mangler"] = conf.kvs.enable_key_mangler
     args["security_strategy"] = section.security_strategy
     if section.secret_key is not None:

@@ -59,6 +59,7 @@ from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
 from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo, require_client
+from kvs.backends.near_cache import NearCache
 from kvs.errors import translated
 
 
@@ -125,6 +126,14 @@ CONNECTION_ARGUMENTS: dict[str, ArgumentSpec] = {
     "max_connections": ArgumentSpec("int", minimum=1),
     "health_check_interval": ArgumentSpec("float", default=0.0, minimum=0),
     "retries": ArgumentSpec("int", default=0, minimum=0),
+}
+
+#: The near cache (kvs.backends.near_cache): standalone and Sentinel.  The store
+#: sets near_cache_prefix to its key prefix.
+NEAR_CACHE_ARGUMENTS: dict[str, ArgumentSpec] = {
+    "near_cache": ArgumentSpec("bool", default=False),
+    "near_cache_size": ArgumentSpec("int", default=10_000, minimum=1),
+    "near_cache_prefix": ArgumentSpec("str", default=""),
 }
 
 #: WAIT after data writes (standalone and Sentinel; WAIT has no place in a cluster script).
@@ -207,6 +216,7 @@ class RedisBackend(LeaseBackend):
         "client": ClientArgument(),
         # Name values {T}, as Redis Cluster needs (and every backend did before 0.2).
         "hash_tags": ArgumentSpec("bool", default=False),
+        **NEAR_CACHE_ARGUMENTS,
     }
 
     #: Whether ``max_connections`` can be honoured with a pool that queues.
@@ -605,6 +615,14 @@ return #KEYS
         self._blocking_cap = 1.0 if timeout is None else max(0.001, timeout / 2)
         if self.options.get("client") is not None:
             self._adopt(self.options["client"], self.options["client"])
+        self._near: NearCache | None = None
+        if self.options.get("near_cache"):
+            self._near = NearCache(self.options["near_cache_size"],
+                                   self.options["near_cache_prefix"], self._near_client)
+        # With a near cache: keys this process holds leases on (their reads go
+        # to the server), by token.
+        self._held_keys: dict[str, int] = {}
+        self._held_tokens: dict[str, str] = {}
 
     # -- configuration ------------------------------------------------------
 
@@ -885,10 +903,27 @@ return #KEYS
 
     @translated
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
+        near = self._near
+        if near is not None and key not in self._held_keys:
+            return self._near_get(near, key)
         value = self.reader.get(self.value_name(key))
         if value is None:
             self._refuse_old_layout([key])
             return NO_VALUE
+        return value  # type: ignore[no-any-return]
+
+    def _near_get(self, near: NearCache, key: str) -> bytes | NoValue:
+        name = self.value_name(key)
+        cached_name = name.encode("utf-8")
+        hit = near.get(cached_name)
+        if hit is not None:
+            return hit
+        epoch = near.epoch
+        value = self.reader.get(name)
+        if value is None:
+            self._refuse_old_layout([key])
+            return NO_VALUE
+        near.put(cached_name, value, epoch)
         return value  # type: ignore[no-any-return]
 
     @translated
@@ -896,11 +931,70 @@ return #KEYS
         if not keys:
             return []
         name = self.value_name
+        near = self._near
+        if near is not None:
+            return self._near_get_multi(near, keys)
         values = self._mget([name(key) for key in keys])
         missing = [key for key, value in zip(keys, values) if value is None]
         if missing:
             self._refuse_old_layout(missing)
         return [NO_VALUE if value is None else value for value in values]
+
+    def _near_get_multi(self, near: NearCache, keys: Sequence[str]) -> list[bytes | NoValue]:
+        names = [self.value_name(key) for key in keys]
+        found: list[bytes | NoValue] = []
+        fetch: list[int] = []
+        held = self._held_keys
+        for index, (key, name) in enumerate(zip(keys, names)):
+            hit = None if key in held else near.get(name.encode("utf-8"))
+            if hit is None:
+                fetch.append(index)
+                found.append(NO_VALUE)
+            else:
+                found.append(hit)
+        if fetch:
+            epoch = near.epoch
+            values = self._mget([names[index] for index in fetch])
+            missing = [keys[index] for index, value in zip(fetch, values) if value is None]
+            if missing:
+                self._refuse_old_layout(missing)
+            for index, value in zip(fetch, values):
+                if value is not None:
+                    found[index] = value
+                    near.put(names[index].encode("utf-8"), value, epoch)
+        return found
+
+    def _near_client(self) -> Any:
+        """A client holding one connection of the pool, for the near cache's thread."""
+        import redis
+
+        return redis.Redis(connection_pool=self.client.connection_pool,
+                           single_connection_client=True)
+
+    def _forget_near(self, keys: Sequence[str]) -> None:
+        """Drop this process's copies of ``keys`` (it wrote them)."""
+        if self._near is not None:
+            name = self.value_name
+            self._near.invalidate(name(key).encode("utf-8") for key in keys)
+
+    def _hold(self, key: str, token: str) -> None:
+        """Reads of ``key`` go to the server while this process holds its lease."""
+        if self._near is not None and token not in self._held_tokens:
+            if len(self._held_tokens) > 10_000:  # leases never released: forget the oldest
+                self._unhold(next(iter(self._held_tokens)))
+            self._held_tokens[token] = key
+            self._held_keys[key] = self._held_keys.get(key, 0) + 1
+
+    def _unhold(self, token: str) -> None:
+        if self._near is None:
+            return
+        key = self._held_tokens.pop(token, None)
+        if key is not None:
+            left = self._held_keys.get(key, 1) - 1
+            if left > 0:
+                self._held_keys[key] = left
+            else:
+                self._held_keys.pop(key, None)
 
     def _refuse_old_layout(self, missing: Sequence[str]) -> None:
         """A value missing here but present under its 0.1 name ``{T}`` means processes
@@ -922,10 +1016,13 @@ return #KEYS
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.check_size(key, value)
         name = self.value_name(key)
-        if ttl is None:
-            self._write(key, lambda client: client.set(name, value))
-        else:
-            self._write(key, lambda client: client.set(name, value, px=milliseconds(ttl)))
+        try:
+            if ttl is None:
+                self._write(key, lambda client: client.set(name, value))
+            else:
+                self._write(key, lambda client: client.set(name, value, px=milliseconds(ttl)))
+        finally:
+            self._forget_near([key])
 
     @translated
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
@@ -935,23 +1032,30 @@ return #KEYS
         first = next(iter(mapping))
         name = self.value_name
         names = {name(key): value for key, value in mapping.items()}
-        if ttl is None:
-            self._write(first, lambda client: client.mset(names))
-        else:
-            script = self._script("SET_MULTI_PX")
-            self._write(first, lambda client: script(
-                keys=list(names), args=[milliseconds(ttl), *names.values()], client=client))
+        try:
+            if ttl is None:
+                self._write(first, lambda client: client.mset(names))
+            else:
+                script = self._script("SET_MULTI_PX")
+                self._write(first, lambda client: script(
+                    keys=list(names), args=[milliseconds(ttl), *names.values()],
+                    client=client))
+        finally:
+            self._forget_near(list(mapping))
 
     @translated
     def plain_delete(self, key: str) -> bool:
         name = self.value_name(key)
         request = self._request_id()
-        if not request:
-            return bool(self._write(key, lambda client: client.delete(name)))
-        script = self._script("DELETE_ONCE")
-        done = hash_tag(key) + ":done"
-        return bool(self._write(key, lambda client: script(
-            keys=[name, done], args=[request, self.DONE_TTL_MS], client=client)))
+        try:
+            if not request:
+                return bool(self._write(key, lambda client: client.delete(name)))
+            script = self._script("DELETE_ONCE")
+            done = hash_tag(key) + ":done"
+            return bool(self._write(key, lambda client: script(
+                keys=[name, done], args=[request, self.DONE_TTL_MS], client=client)))
+        finally:
+            self._forget_near([key])
 
     def _request_id(self) -> str:
         """A fresh id for one write request when redis-py may resend it, else ''."""
@@ -962,7 +1066,10 @@ return #KEYS
         if keys:
             name = self.value_name
             names = [name(key) for key in keys]
-            self._write(keys[0], lambda client: client.delete(*names))
+            try:
+                self._write(keys[0], lambda client: client.delete(*names))
+            finally:
+                self._forget_near(keys)
 
     # -- leases -------------------------------------------------------------
 
@@ -975,7 +1082,10 @@ return #KEYS
         tag = hash_tag(key)
         fence = self._script("ACQUIRE")(
             keys=[tag + ":lease", tag + ":fence"], args=[token, self._lease_ms(ttl)])
-        return None if fence is None else int(fence)
+        if fence is None:
+            return None
+        self._hold(key, token)
+        return int(fence)
 
     @translated
     def acquire_lease_and_get(
@@ -987,6 +1097,7 @@ return #KEYS
             args=[token, self._lease_ms(ttl)])
         if reply is None:
             return None, NO_VALUE
+        self._hold(key, token)
         fence, value = reply[0], (reply[1] if len(reply) > 1 else None)
         if value is None:
             try:
@@ -1000,10 +1111,13 @@ return #KEYS
     @translated
     def release_lease(self, key: str, token: str) -> bool:
         tag = hash_tag(key)
-        return bool(self._script("RELEASE")(
-            keys=[tag + ":lease", tag + ":signal", tag + ":done", tag + ":fence",
-                  self.value_name(key), tag + ":waiters", tag + ":queue"],
-            args=[token, self.SIGNAL_TTL_MS, self._request_id(), self.DONE_TTL_MS]))
+        try:
+            return bool(self._script("RELEASE")(
+                keys=[tag + ":lease", tag + ":signal", tag + ":done", tag + ":fence",
+                      self.value_name(key), tag + ":waiters", tag + ":queue"],
+                args=[token, self.SIGNAL_TTL_MS, self._request_id(), self.DONE_TTL_MS]))
+        finally:
+            self._unhold(token)
 
     @translated
     def extend_lease(self, key: str, token: str, ttl: float) -> bool:
@@ -1022,9 +1136,13 @@ return #KEYS
         tag = hash_tag(key)
         script = self._script("FENCED_SET")
         request = self._request_id()
-        written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", self.value_name(key), tag + ":done"],
-            args=[token, value, self._lease_ms(ttl), request, self.DONE_TTL_MS], client=client))
+        try:
+            written = self._write(key, lambda client: script(
+                keys=[tag + ":lease", self.value_name(key), tag + ":done"],
+                args=[token, value, self._lease_ms(ttl), request, self.DONE_TTL_MS],
+                client=client))
+        finally:
+            self._forget_near([key])
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
     @translated
@@ -1034,11 +1152,15 @@ return #KEYS
         tag = hash_tag(key)
         script = self._script("FENCED_SET_AND_RELEASE")
         request = self._request_id()
-        written = self._write(key, lambda client: script(
-            keys=[tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done",
-                  tag + ":fence", tag + ":waiters", tag + ":queue"],
-            args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, request,
-                  self.DONE_TTL_MS], client=client))
+        try:
+            written = self._write(key, lambda client: script(
+                keys=[tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done",
+                      tag + ":fence", tag + ":waiters", tag + ":queue"],
+                args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, request,
+                      self.DONE_TTL_MS], client=client))
+        finally:
+            self._forget_near([key])
+            self._unhold(token)
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
 
     @translated
@@ -1046,10 +1168,13 @@ return #KEYS
         tag = hash_tag(key)
         script = self._script("FENCED_DELETE")
         request = self._request_id()
-        outcome = self._write(key, lambda client: script(
-            keys=[tag + ":lease", self.value_name(key), tag + ":done"],
-            args=[token, request, self.DONE_TTL_MS],
-            client=client))
+        try:
+            outcome = self._write(key, lambda client: script(
+                keys=[tag + ":lease", self.value_name(key), tag + ":done"],
+                args=[token, request, self.DONE_TTL_MS],
+                client=client))
+        finally:
+            self._forget_near([key])
         return {1: Fenced.WRITTEN, 2: Fenced.MISSING}.get(int(outcome), Fenced.LEASE_LOST)
 
     @translated
@@ -1145,6 +1270,7 @@ return #KEYS
                  read_value: bool) -> tuple[int, bytes | NoValue]:
         """A grant, after the check that a missing value is not under its 0.1 name
         (as acquire_lease_and_get does; the lease is given back if it is)."""
+        self._hold(key, token)
         if not read_value:
             return fence, NO_VALUE
         if value is NO_VALUE:
@@ -1165,6 +1291,7 @@ return #KEYS
                                        args=[token, self._lease_ms(ttl)])
         if reply is None:
             return None
+        self._hold(key, token)
         return int(reply[0]), (reply[1] if len(reply) > 1 and reply[1] is not None
                                else NO_VALUE)
 

@@ -23,6 +23,7 @@ from kvs import exception
 from kvs.backends.base import ArgumentSpec, LeaseBackend
 from kvs.backends.redis import (
     CONNECTION_ARGUMENTS,
+    NEAR_CACHE_ARGUMENTS,
     REPLICATION_ARGUMENTS,
     RedisBackend,
     parse_node,
@@ -48,6 +49,7 @@ class RedisSentinelBackend(RedisBackend):
         "sentinel_ssl": ArgumentSpec("bool", default=False),
         "read_from_replicas": ArgumentSpec("bool", default=False),
         "hash_tags": ArgumentSpec("bool", default=False),
+        **NEAR_CACHE_ARGUMENTS,
     }
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
@@ -66,6 +68,12 @@ class RedisSentinelBackend(RedisBackend):
         self._check_ssl()
         self._check_pool()
         self._check_wait()
+        if self.options["near_cache"] and self.options["read_from_replicas"]:
+            # Invalidations come from the master, but a replica can still answer
+            # the old value after one: the near cache would keep it.
+            raise exception.ConfigurationError(
+                "near_cache needs reads on the master: it cannot be combined with "
+                "read_from_replicas", option="near_cache")
 
     def _describe_endpoint(self) -> str:
         nodes = ",".join(f"{host}:{port}" for host, port in self.sentinel_nodes)
