@@ -224,7 +224,11 @@ def _steps(setups: dict[str, backends.BackendSetup], profile: Profile,
         per_backend += len(profile.worker_counts)
     if "value" in phases:
         per_backend += len(profile.value_sizes)
+    ops_only = [s for s in available if s.ops_only]
+    available = [s for s in available if not s.ops_only]
     total = per_backend * len(available)
+    if "ops" in phases:
+        total += len(suites.OPERATIONS) * len(ops_only)
     if "size" in phases:
         total += sum(len(s.store_sizes(profile.store_sizes)) for s in available)
     if "contention" in phases:
@@ -253,7 +257,7 @@ def run_contention(setups: dict[str, backends.BackendSetup], servers: ServerSet,
                    profile: Profile, results: report.RunResults, progress: Progress) -> None:
     redis_port = servers.redis.port if servers.redis is not None else None
     for setup in setups.values():
-        if not setup.available:
+        if not setup.available or setup.ops_only:
             continue
         for variant in contention.variants_for(setup, redis_port):
             progress.label(f"contention: {variant.backend} {variant.name}")
@@ -265,7 +269,7 @@ def run_contention(setups: dict[str, backends.BackendSetup], servers: ServerSet,
 def run_workers(setups: dict[str, backends.BackendSetup], profile: Profile,
                 results: report.RunResults, progress: Progress) -> None:
     for setup in setups.values():
-        if not setup.available:
+        if not setup.available or setup.ops_only:
             continue
         factories: dict[str, Callable[[], Subject]] = {
             "kvs": functools.partial(setup.kvs_subject, f"tp-{setup.name}")}
@@ -280,7 +284,7 @@ def run_workers(setups: dict[str, backends.BackendSetup], profile: Profile,
 def run_value_size(setups: dict[str, backends.BackendSetup], profile: Profile,
                    results: report.RunResults, progress: Progress) -> None:
     for setup in setups.values():
-        if not setup.available:
+        if not setup.available or setup.ops_only:
             continue
         subjects: dict[str, Subject] = {"kvs": setup.kvs_subject(f"vs-{setup.name}")}
         if setup.raw_factory is not None:
@@ -293,7 +297,7 @@ def run_value_size(setups: dict[str, backends.BackendSetup], profile: Profile,
 def run_store_size(setups: dict[str, backends.BackendSetup], profile: Profile,
                    results: report.RunResults, progress: Progress) -> None:
     for setup in setups.values():
-        if not setup.available:
+        if not setup.available or setup.ops_only:
             continue
         progress.label(f"store size: {setup.name}")
         results.store_size += scaling.store_size(setup, setup.store_sizes(profile.store_sizes),

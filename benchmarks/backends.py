@@ -24,7 +24,7 @@ from benchmarks.servers import ServerSet
 from benchmarks.subjects import KVSSubject, Subject
 
 #: Backends in the order of every table.
-BACKENDS = ("memory", "sqlite", "redis", "memcached", "etcd")
+BACKENDS = ("memory", "sqlite", "redis", "redis_near", "memcached", "etcd")
 
 
 @dataclasses.dataclass
@@ -47,6 +47,8 @@ class BackendSetup:
     raw_scratch: Callable[[str], Subject] | None = None
     #: How many of the profile's largest store sizes this backend leaves out.
     store_sizes_skipped: int = 0
+    #: Measured in the ops phase only (a variant of another backend's setup).
+    ops_only: bool = False
 
     def store_sizes(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
         """The store sizes of the scaling run for this backend (at least the smallest)."""
@@ -144,6 +146,16 @@ def build(servers: ServerSet, workdir: Path, wanted: tuple[str, ...] = BACKENDS
                 dogpile_factory=lambda: DogpileRegion("dogpile.cache.redis", {
                     "host": "127.0.0.1", "port": port, "distributed_lock": True,
                     "thread_local_lock": False, "lock_timeout": 5}))
+    if "redis_near" in wanted and servers.redis is not None:
+        # kvs.redis with near_cache = true, against the same raw redis-py client:
+        # hot reads come from process memory (issue 16, target 4).
+        near_port = servers.redis.port
+        setups["redis_near"] = BackendSetup(
+            name="redis_near",
+            kvs_config={"backing_store": "kvs.redis", "url": servers.redis.url,
+                        "near_cache": True},
+            raw_factory=lambda: RawRedis(near_port), dogpile_factory=None,
+            dogpile_missing="dogpile.cache has no near cache", ops_only=True)
     if "memcached" in wanted:
         if servers.memcached is None:
             setups["memcached"] = _unavailable(

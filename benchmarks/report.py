@@ -186,13 +186,61 @@ def _contention_checks(results: RunResults) -> list[Check]:
                   SQLITE_CONTENTION_SOURCE, detail)]
 
 
+#: Issue 16, target 1: 8 processes running update() on one Redis key.
+REDIS_HANDOFF_SOURCE = "issue 16 (contended hand-off)"
+REDIS_HANDOFF_SPEEDUP = 2.0
+REDIS_HANDOFF_SHARE = 0.5
+REDIS_HANDOFF_P99_US = 2000.0
+REDIS_LOCK_VARIANT = "redis-py Lock (sleep=0.1 s, default)"
+
+
+def _redis_handoff_checks(results: RunResults) -> list[Check]:
+    """redis: kvs update() against redis-py's Lock at its defaults, in the same run:
+    throughput, the share of sections handed to another worker, hand-off p99."""
+    rows = {r.variant: r for r in results.contention if r.backend == "redis"}
+    kvs, lock = rows.get(KVS_UPDATE_VARIANT), rows.get(REDIS_LOCK_VARIANT)
+    if kvs is None and lock is None:
+        return []
+    metrics = [("contention: update() updates/s over redis-py Lock",
+                f">= {REDIS_HANDOFF_SPEEDUP:.2f}x, 0 lost, 0 overlaps"),
+               ("contention: update() sections handed to another worker",
+                f">= {REDIS_HANDOFF_SHARE:.0%}"),
+               ("contention: update() hand-off p99 µs", f"< {REDIS_HANDOFF_P99_US:,.0f} µs")]
+    broken = [r for r in (kvs, lock) if r is None or r.error or r.updates_per_s <= 0]
+    if broken:
+        reason = "; ".join(f"{r.variant}: {r.error}" for r in broken if r is not None and r.error)
+        return [Check("redis", metric, bound, None, NOT_AVAILABLE, REDIS_HANDOFF_SOURCE,
+                      reason or "not measured in this run") for metric, bound in metrics]
+    assert kvs is not None and lock is not None
+    speedup = kvs.updates_per_s / lock.updates_per_s
+    clean = kvs.lost_updates == 0 and kvs.overlaps == 0
+    share = kvs.handoffs / max(1, kvs.updates - 1)
+    p99 = kvs.handoff_p99_us
+    detail = (f"{kvs.workers} {kvs.mode}: {kvs.updates_per_s:,.0f} vs "
+              f"{lock.updates_per_s:,.0f} updates/s; lost {kvs.lost_updates}, "
+              f"overlaps {kvs.overlaps}")
+    return [
+        Check("redis", metrics[0][0], metrics[0][1], speedup,
+              MET if speedup >= REDIS_HANDOFF_SPEEDUP and clean else MISSED,
+              REDIS_HANDOFF_SOURCE, detail),
+        Check("redis", metrics[1][0], metrics[1][1], share,
+              MET if share >= REDIS_HANDOFF_SHARE else MISSED, REDIS_HANDOFF_SOURCE,
+              f"{kvs.handoffs:,} of {kvs.updates:,} sections"),
+        Check("redis", metrics[2][0], metrics[2][1], p99,
+              NOT_AVAILABLE if p99 is None else
+              (MET if p99 < REDIS_HANDOFF_P99_US else MISSED), REDIS_HANDOFF_SOURCE,
+              f"p50 {kvs.handoff_p50_us or 0:,.0f} µs"),
+    ]
+
+
 def evaluate(results: RunResults) -> list[Check]:
     """Every target checked: met, MISSED, or not available (with the reason)."""
     wanted = set(results.backends) if results.backends else None
     # A run without the ops phase (--phases) has no rows to check, only nothing to say.
     checks = [_check_target(results, target) for target in TARGETS
               if results.operations and (wanted is None or target.backend in wanted)]
-    return checks + _contention_checks(results) + _flatness_checks(results)
+    return (checks + _contention_checks(results) + _redis_handoff_checks(results)
+            + _flatness_checks(results))
 
 
 # -- formatting ----------------------------------------------------------------
@@ -276,7 +324,14 @@ def check_rows(checks: Iterable[Check]) -> list[list[str]]:
     rows = [["backend", "metric", "bound", "ratio", "status", "source", "detail"]]
     for c in checks:
         # Three decimals: 1.103x must not print as a "1.10x" next to MISSED.
-        shown = "-" if c.ratio is None else f"{c.ratio:.3f}x"
+        if c.ratio is None:
+            shown = "-"
+        elif c.bound.endswith("µs"):
+            shown = f"{c.ratio:,.0f} µs"
+        elif c.bound.endswith("%"):
+            shown = f"{c.ratio:.1%}"
+        else:
+            shown = f"{c.ratio:.3f}x"
         rows.append([c.backend, c.metric, c.bound, shown,
                      c.status if c.status != NOT_AVAILABLE else f"{c.status}: {c.detail}",
                      c.source, c.detail if c.status != NOT_AVAILABLE else ""])

@@ -72,7 +72,9 @@ class NearCache:
         self.prefix = prefix
         self._connect = connect
         self._lock = threading.Lock()
-        self._values: OrderedDict[bytes, bytes] = OrderedDict()
+        #: Values by Redis key name (str: reads outnumber invalidations, so names
+        #: are decoded once per invalidation instead of encoded once per read).
+        self._values: OrderedDict[str, bytes] = OrderedDict()
         #: Bumped by every invalidation processed (and by every flush).
         self.epoch = 0
         self._live_until = 0.0
@@ -85,7 +87,7 @@ class NearCache:
 
     # -- readers ---------------------------------------------------------------
 
-    def get(self, name: bytes) -> bytes | None:
+    def get(self, name: str) -> bytes | None:
         """The cached value of ``name``, or None (missing, or the cache is not live)."""
         if time.monotonic() >= self._live_until or self._pid != os.getpid():
             self._ensure_thread()
@@ -96,10 +98,25 @@ class NearCache:
                 self._values.move_to_end(name)
             return value
 
+    def get_many(self, names: list[str]) -> list[bytes | None]:
+        """:meth:`get` for several names under one lock."""
+        if time.monotonic() >= self._live_until or self._pid != os.getpid():
+            self._ensure_thread()
+            return [None] * len(names)
+        found: list[bytes | None] = []
+        with self._lock:
+            values = self._values
+            for name in names:
+                value = values.get(name)
+                if value is not None:
+                    values.move_to_end(name)
+                found.append(value)
+        return found
+
     def live(self) -> bool:
         return time.monotonic() < self._live_until and self._pid == os.getpid()
 
-    def put(self, name: bytes, value: bytes, epoch: int) -> None:
+    def put(self, name: str, value: bytes, epoch: int) -> None:
         """Keep ``value``, read from the server when the epoch was ``epoch``, unless an
         invalidation was processed since (or the cache is not live)."""
         if not self.live():
@@ -113,7 +130,21 @@ class NearCache:
             if len(values) > self.size:
                 values.popitem(last=False)
 
-    def invalidate(self, names: Iterable[bytes]) -> None:
+    def put_many(self, items: list[tuple[str, bytes]], epoch: int) -> None:
+        """:meth:`put` for several values under one lock."""
+        if not self.live():
+            return
+        with self._lock:
+            if self.epoch != epoch:
+                return
+            values = self._values
+            for name, value in items:
+                values[name] = value
+                values.move_to_end(name)
+            while len(values) > self.size:
+                values.popitem(last=False)
+
+    def invalidate(self, names: Iterable[str]) -> None:
         """Drop ``names`` (this process wrote them; Redis will say so too)."""
         with self._lock:
             self.epoch += 1
@@ -273,5 +304,5 @@ class NearCache:
             return
         if isinstance(data, (bytes, str)):
             data = [data]
-        self.invalidate(name if isinstance(name, bytes) else str(name).encode("utf-8")
-                        for name in data)
+        self.invalidate(name.decode("utf-8", "surrogateescape") if isinstance(name, bytes)
+                        else str(name) for name in data)

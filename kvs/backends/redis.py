@@ -914,8 +914,7 @@ return #KEYS
 
     def _near_get(self, near: NearCache, key: str) -> bytes | NoValue:
         name = self.value_name(key)
-        cached_name = name.encode("utf-8")
-        hit = near.get(cached_name)
+        hit = near.get(name)
         if hit is not None:
             return hit
         epoch = near.epoch
@@ -923,7 +922,7 @@ return #KEYS
         if value is None:
             self._refuse_old_layout([key])
             return NO_VALUE
-        near.put(cached_name, value, epoch)
+        near.put(name, value, epoch)
         return value  # type: ignore[no-any-return]
 
     @translated
@@ -941,27 +940,28 @@ return #KEYS
         return [NO_VALUE if value is None else value for value in values]
 
     def _near_get_multi(self, near: NearCache, keys: Sequence[str]) -> list[bytes | NoValue]:
-        names = [self.value_name(key) for key in keys]
-        found: list[bytes | NoValue] = []
-        fetch: list[int] = []
+        value_name = self.value_name
+        names = [value_name(key) for key in keys]
+        hits = near.get_many(names)
         held = self._held_keys
-        for index, (key, name) in enumerate(zip(keys, names)):
-            hit = None if key in held else near.get(name.encode("utf-8"))
-            if hit is None:
-                fetch.append(index)
-                found.append(NO_VALUE)
-            else:
-                found.append(hit)
+        if held:
+            hits = [None if key in held else hit for key, hit in zip(keys, hits)]
+        fetch = [index for index, hit in enumerate(hits) if hit is None]
+        found: list[bytes | NoValue] = hits  # type: ignore[assignment]
         if fetch:
             epoch = near.epoch
             values = self._mget([names[index] for index in fetch])
             missing = [keys[index] for index, value in zip(fetch, values) if value is None]
             if missing:
                 self._refuse_old_layout(missing)
+            filled: list[tuple[str, bytes]] = []
             for index, value in zip(fetch, values):
-                if value is not None:
+                if value is None:
+                    found[index] = NO_VALUE
+                else:
                     found[index] = value
-                    near.put(names[index].encode("utf-8"), value, epoch)
+                    filled.append((names[index], value))
+            near.put_many(filled, epoch)
         return found
 
     def _near_client(self) -> Any:
@@ -975,7 +975,7 @@ return #KEYS
         """Drop this process's copies of ``keys`` (it wrote them)."""
         if self._near is not None:
             name = self.value_name
-            self._near.invalidate(name(key).encode("utf-8") for key in keys)
+            self._near.invalidate(name(key) for key in keys)
 
     def _hold(self, key: str, token: str) -> None:
         """Reads of ``key`` go to the server while this process holds its lease."""
