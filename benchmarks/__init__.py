@@ -5,7 +5,7 @@ Run with ``make bench`` (``python -m benchmarks``) or ``make bench-quick``
 ``memcached`` and a 3-member etcd cluster on free loopback ports in temporary
 directories (etcd's data under /dev/shm), measures kvs and its baselines
 interleaved in the same process, checks each ratio against the targets of
-the Redis, memcached and etcd issues, and writes
+the Redis and memcached issues (and kvs.etcd's own), and writes
 ``benchmarks/results/latest.json``, ``latest.md`` and PNG plots.
 
 Modules, one job each:

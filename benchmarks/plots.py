@@ -21,13 +21,13 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
-from benchmarks.backends import BACKENDS
 from benchmarks.report import RunResults, ratio
 from benchmarks.scaling import Point
 from benchmarks.targets import TARGETS
 
-COLOURS = dict(zip(BACKENDS, ("tab:green", "tab:blue", "tab:red", "tab:purple",
-                               "tab:orange")))
+#: One colour per backend, by name: a backend added to BACKENDS must not shift the others'.
+COLOURS = {"memory": "tab:green", "sqlite": "tab:blue", "redis": "tab:red",
+           "redis_near": "tab:pink", "memcached": "tab:purple", "etcd": "tab:orange"}
 
 #: How the plots name each side of a comparison and each operation.
 ROLE_LABELS = {"kvs": "kvs", "raw": "raw client", "dogpile": "plain dogpile region"}

@@ -35,6 +35,7 @@ _MEMCACHED = "issue 4 (memcached)"
 _SQLITE = "issue 17 (embedded default)"
 _PAST_THE_ROUND_TRIP = "issue 16 (past the round trip)"
 _MEMCACHED_SPEED = "issue 16 (memcached at raw speed)"
+_ETCD = "kvs.etcd (etcd backend)"
 
 TARGETS: tuple[Target, ...] = (
     *(Target("redis", op, "raw", 1.10, source=_REDIS, note="raw redis-py GET/SET + msgpack")
@@ -72,6 +73,11 @@ TARGETS: tuple[Target, ...] = (
     *(Target("memory", op, "raw", 3.00, source=_SQLITE,
              note="dict + threading.Lock + msgpack")
       for op in ("update", "locked write")),
+    *(Target("etcd", op, "raw", 1.10, source=_ETCD,
+             note="raw etcd3gw get/put + msgpack, same member")
+      for op in ("get 100B", "set 100B")),
+    Target("etcd", "update", "raw", 0.60, source=_ETCD,
+           note="etcd3gw Lock acquire (lease grant + txn) + get + put + release (txn)"),
 )
 
 #: Issue 7: per-op cost "should stay flat" as a store grows 1k -> 1M keys.  The
