@@ -307,6 +307,13 @@ class LeaseBackend(BytesBackend, abc.ABC):
     #: instead of hashing them with SHA-1.  Sealed stores hash names anyway.
     plain_keys: bool = False
 
+    #: True when waiters queue through ``wait_for_grant(key, token, ttl, timeout,
+    #: read_value)`` and ``cancel_grant(key, token, ttl)`` and a release grants
+    #: the lease to the next one (kvs.redis, kvs.redis_sentinel): see
+    #: :class:`kvs.lock.KeyValueStoreLock`.  Declared here so the lock reads it
+    #: without a getattr default.
+    grants_on_release: ClassVar[bool] = False
+
     #: True when :meth:`update_value` runs a whole ``update()`` in one atomic
     #: step in the backend (sqlite: one transaction; memory: one in-process
     #: lease).  Backends across a network keep the two round trips above.

@@ -166,7 +166,7 @@ _OPERATION_WORDS = {
     "fenced_delete": "delete", "acquire_lease": "lock", "wait_for_release": "lock",
     "release_lease": "unlock", "extend_lease": "extend lock", "persist_lease": "extend lock",
     "break_lease": "break lock", "lease_info": "lease info", "ping": "ping",
-    "_connect": "connect",
+    "_connect": "connect", "wait_for_grant": "lock", "cancel_grant": "lock",
 }
 
 
