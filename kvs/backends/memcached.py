@@ -48,6 +48,12 @@ What memcached can promise, and what it cannot
 Every lease and lock command waits for the server's reply: with pymemcache's
 default ``noreply`` an ``add`` always "succeeds", which would turn every lease
 into a no-op.
+
+The data calls (``get``, ``get_multi``, ``set``, ``set_multi``) write their
+commands themselves on the socket of pymemcache's ``Client`` (which still
+connects, with TLS and timeouts), and parse the replies strictly by length:
+pymemcache's generic code for them costs as much as the round trip.  They
+wait for every reply too, and retry and translate errors as the other calls.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import itertools
 import math
+import operator
 import os
 import re
 import ssl
@@ -64,7 +72,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from dogpile.cache.api import NO_VALUE, NoValue
 
@@ -77,10 +85,12 @@ try:
     from pymemcache.client.rendezvous import RendezvousHash
     from pymemcache.client.retrying import RetryingClient
     from pymemcache.exceptions import (
+        MemcacheClientError,
         MemcacheError,
         MemcacheIllegalInputError,
         MemcacheServerError,
         MemcacheUnexpectedCloseError,
+        MemcacheUnknownCommandError,
         MemcacheUnknownError,
     )
 except ImportError:  # pymemcache is optional: MemcachedBackend() refuses, naming the extra
@@ -91,6 +101,7 @@ except ImportError:  # pymemcache is optional: MemcachedBackend() refuses, namin
     normalize_server_spec = None  # type: ignore[assignment]
     MemcacheError = MemcacheIllegalInputError = MemcacheServerError = _NoPymemcache  # type: ignore[misc,assignment]
     MemcacheUnexpectedCloseError = MemcacheUnknownError = _NoPymemcache  # type: ignore[misc,assignment]
+    MemcacheClientError = MemcacheUnknownCommandError = _NoPymemcache  # type: ignore[misc,assignment]
 
 #: memcached's relative-TTL ceiling: larger expiry values are read as Unix times.
 THIRTY_DAYS = 30 * 24 * 3600
@@ -124,6 +135,11 @@ _RETRYABLE = (ConnectionError, MemcacheUnexpectedCloseError, ssl.SSLEOFError,
               ssl.SSLZeroReturnError)
 _CONNECTION_ERRORS = (OSError, MemcacheUnexpectedCloseError)
 _META_END = b"MN\r\n"
+#: Bytes asked of the socket per ``recv`` on the hot path (pymemcache asks 4 KiB).
+RECV_SIZE = 65536
+#: Routes (store key -> wire key and server) remembered, as many as the
+#: store's mangler remembers keys; when full, the oldest quarter goes.
+_ROUTES_KEPT = 16384
 
 
 def memcached_key(key: str) -> str:
@@ -205,6 +221,170 @@ def parse_meta_replies(raw: bytes) -> list[MetaReply]:
             raise MemcacheUnknownError(b" ".join(parts)[:64])
         replies.append(MetaReply(code, {flag[:1]: flag[1:] for flag in flags}, value))
     return replies
+
+
+# -- the hot path's wire format ---------------------------------------------
+#
+# get, get_multi, set and set_multi are the calls a service makes all the
+# time; pymemcache's generic code for them (key checks, a dict per call, a
+# readline per reply line, 4 KiB reads, RetryingClient's lambda per call)
+# costs as much client time as the round trip itself.  kvs's keys are
+# already memcached-safe (memcached_key) and its values already bytes, so
+# these four calls are written here, on the socket of pymemcache's own
+# Client: connecting, TLS, timeouts and TCP_NODELAY stay pymemcache's.
+# The replies are parsed strictly by length: anything unexpected raises and
+# the connection is closed, so no stray reply is ever read by the next call.
+
+
+def _error_reply(line: bytes, command: bytes) -> MemcacheError:
+    """The pymemcache error for a reply line that is not the expected answer."""
+    if line.startswith(b"ERROR"):
+        return MemcacheUnknownCommandError(command)
+    if line.startswith(b"CLIENT_ERROR"):
+        return MemcacheClientError(line[line.find(b" ") + 1:])
+    if line.startswith(b"SERVER_ERROR"):
+        return MemcacheServerError(line[line.find(b" ") + 1:])
+    return MemcacheUnknownError(line[:32])
+
+
+#: The header of one item of a ``get`` reply: key, flags, length (and a CAS).
+_VALUE_LINE = re.compile(rb"VALUE (\S+) \d+ (\d+)(?: \d+)?\r\n")
+
+
+def _scan_values(data: bytes, found: dict[bytes, bytes]) -> int:
+    """Parse a ``get`` reply from the start of ``data`` into ``found``.
+
+    Returns -1 once ``END`` closed the reply (which must be the last bytes),
+    else how far the complete ``VALUE`` items reach (more must be read).
+    """
+    pos = 0
+    header = _VALUE_LINE.match
+    while True:
+        item = header(data, pos)
+        if item is None:
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                return pos
+            if end - pos == 3 and data.startswith(b"END", pos):
+                if end + 2 != len(data):
+                    raise MemcacheUnknownError(b"bytes after END")
+                return -1
+            if data.startswith(b"VALUE", pos):
+                raise MemcacheUnknownError(data[pos:end][:32])
+            raise _error_reply(data[pos:end], b"get")
+        key, size = item.groups()
+        start = item.end()
+        stop = start + int(size)
+        if len(data) < stop + 2:
+            return pos
+        if data[stop:stop + 2] != b"\r\n":
+            raise MemcacheUnknownError(b"value not followed by CRLF")
+        found[key] = data[start:stop]
+        pos = stop + 2
+
+
+def _split_values(data: bytes) -> dict[bytes, bytes] | None:
+    """A whole ``get`` reply parsed in a few C loops, if no value holds a CRLF; else None.
+
+    Split at every CRLF, a reply whose values hold none alternates header
+    and value and ends with ``END``.  It is taken only if every header is
+    ``VALUE key flags length`` and every value is exactly its length long:
+    then each item ends where the header says, just as _scan_values would
+    read it.  A value holding a CRLF, or a reply cut short, fails the
+    lengths, and _scan_values, the reference, reads it instead.
+    """
+    parts = data.split(b"\r\n")
+    if len(parts) % 2 or parts[-2] != b"END" or parts[-1]:
+        return None
+    headers = parts[0:-2:2]
+    if not headers:
+        return {}
+    values = parts[1:-2:2]
+    fields = b" ".join(headers).split(b" ")
+    if len(fields) != 4 * len(headers) or fields[0::4] != [b"VALUE"] * len(headers):
+        return None
+    try:
+        lengths = list(map(int, fields[3::4]))
+    except ValueError:
+        return None
+    if lengths != list(map(len, values)):
+        return None
+    return dict(zip(fields[1::4], values))
+
+
+def _read_values(sock: Any, count: int, first: bytes | None = None) -> dict[bytes, bytes]:
+    """Receive one ``get`` reply (``first``: its first read, if done): the values by wire key."""
+    found: dict[bytes, bytes] = {}
+    chunks: list[bytes] = []
+    split = True  # tried once: it fails again and again on values full of CRLFs
+    more = sock.recv(RECV_SIZE) if first is None else first
+    while True:
+        if not more:
+            raise MemcacheUnexpectedCloseError()
+        chunks.append(more)
+        # Every reply line ends in CRLF: only then can the reply be complete.
+        if more.endswith(b"\r\n") or (more == b"\n" and len(chunks) > 1
+                                        and chunks[-2].endswith(b"\r")):
+            data = more if len(chunks) == 1 else b"".join(chunks)
+            if split and data.endswith(b"END\r\n"):
+                split = False
+                rest = _split_values(data)
+                if rest is not None:
+                    found.update(rest)
+                    return found
+            reached = _scan_values(data, found)
+            if reached < 0:
+                return found
+            # The complete items are in found: keep the rest for the next try.
+            chunks = [data[reached:]] if reached < len(data) else []
+        more = sock.recv(RECV_SIZE)
+
+
+def _read_value(sock: Any, wire_key: bytes) -> bytes | None:
+    """Receive the reply of a one-key ``get``: its value, or None."""
+    data = sock.recv(RECV_SIZE)
+    if data == b"END\r\n":
+        return None
+    # The common case, the whole reply in one read, checked as _scan_values does.
+    end = data.find(b"\r\n")
+    if end > 0 and data.startswith(b"VALUE "):
+        parts = data[6:end].split()
+        if len(parts) >= 3 and parts[2].isdigit():
+            stop = end + 2 + int(parts[2])
+            if len(data) == stop + 7 and data.endswith(b"\r\nEND\r\n") \
+                    and parts[0] == wire_key:
+                return data[end + 2:stop]
+    # Anything else (a reply in several reads, an error line): the general reader.
+    return _read_values(sock, 1, data).get(wire_key)
+
+
+def _read_stored(sock: Any, count: int) -> int:
+    """Receive the replies of ``count`` pipelined ``set`` commands: how many were not stored."""
+    data = sock.recv(RECV_SIZE)
+    if count == 1 and data == b"STORED\r\n":
+        return 0
+    if not data:
+        raise MemcacheUnexpectedCloseError()
+    chunks = [data]
+    while not (data.endswith(b"\r\n") and data.count(b"\r\n") >= count):
+        more = sock.recv(RECV_SIZE)
+        if not more:
+            raise MemcacheUnexpectedCloseError()
+        chunks.append(more)
+        data = b"".join(chunks)
+    lines = data.split(b"\r\n")
+    if len(lines) != count + 1:
+        raise MemcacheUnknownError(b"more replies than commands")
+    refused = 0
+    for line in lines[:count]:
+        if line == b"NOT_STORED":
+            refused += 1
+        elif line != b"STORED":
+            raise _error_reply(line, b"set")
+    return refused
+
+
+_first = operator.itemgetter(0)
 
 
 class IdempotentRetryingClient(RetryingClient):
@@ -301,6 +481,9 @@ class Server:
             self.name = f"unix:{self.address}"
         self._options = options
         self._tls_context = tls_context
+        #: Sends of one hot-path call: the first, then one per retry.
+        self._attempts: int = 1 + options["retry_attempts"]
+        self._retry_delay: float = options["retry_delay"]
         self._new_clients()
         _servers.add(self)
         #: Monotonic time until which calls fail fast (``dead_timeout``).
@@ -346,19 +529,117 @@ class Server:
                               retry_delay=self._options["retry_delay"],
                               retry_for=list(_RETRYABLE))
 
-    def client(self) -> Any:
-        """This thread's client; raises at once while the server is marked down."""
+    def _refuse_if_down(self) -> None:
         if self.down_until and time.monotonic() < self.down_until:
             raise exception.BackendUnavailable(
                 f"memcached server {self.name} is marked down for "
                 f"{self._options['dead_timeout']} s after: {self.down_reason}", host=self.name)
+
+    def client(self) -> Any:
+        """This thread's client; raises at once while the server is marked down."""
+        if self.down_until:
+            self._refuse_if_down()
         if self._pool is not None:
             return self._pool
         try:
             return self._local.client
         except AttributeError:
-            self._local.client = self._wrap(Client(self.address, **self._client_kwargs()))
+            self._own_client()
             return self._local.client
+
+    def _own_client(self) -> Any:
+        """This thread's pymemcache ``Client`` itself (made on first use), without pooling.
+
+        ``client()`` hands out the same ``Client`` behind the retrying wrapper:
+        both use its one socket, and every exchange either reads its whole
+        reply or closes the socket, so they never read each other's replies.
+        """
+        try:
+            return self._local.raw
+        except AttributeError:
+            raw = Client(self.address, **self._client_kwargs())
+            self._local.client = self._wrap(raw)
+            self._local.raw = raw
+            return raw
+
+    # -- the hot path (see "the hot path's wire format" above) ------------------
+
+    def _exchange(self, command: bytes, read: Callable[[Any, Any], Any], arg: Any) -> Any:
+        """Send ``command`` on this thread's connection; ``read(sock, arg)`` its reply.
+
+        What the retrying wrapper does for the other calls: a broken
+        connection (_RETRYABLE) is closed and the command sent again on a
+        fresh one, ``retry_attempts`` times, ``retry_delay`` apart; a timeout
+        is not retried.  Errors are translated by :meth:`failure`, naming
+        this server.  Only for commands that are safe to send twice.
+        """
+        if self.down_until:
+            self._refuse_if_down()
+        try:
+            client = self._local.raw
+        except AttributeError:
+            client = self._own_client()
+        attempt = 1
+        while True:
+            try:
+                sock = client.sock
+                if sock is None:
+                    client._connect()
+                    sock = client.sock
+                sock.sendall(command)
+                return read(sock, arg)
+            except BaseException as exc:
+                # Half a reply may be left on the socket: never read it again.
+                client.close()
+                if attempt < self._attempts and isinstance(exc, _RETRYABLE):
+                    attempt += 1
+                    time.sleep(self._retry_delay)
+                    continue
+                if not isinstance(exc, Exception):
+                    raise
+                replacement = self.failure(exc)
+                if replacement is None:
+                    raise
+                raise replacement from exc
+
+    def get(self, wire_key: bytes) -> bytes | NoValue:
+        """The value of ``wire_key`` (a memcached-safe key), or NO_VALUE."""
+        if self._pool is not None:
+            with self.errors:
+                value = self.client().get(wire_key)
+            return NO_VALUE if value is None else value  # type: ignore[no-any-return]
+        value = self._exchange(b"get " + wire_key + b"\r\n", _read_value, wire_key)
+        return NO_VALUE if value is None else value  # type: ignore[no-any-return]
+
+    def get_many(self, wire_keys: list[bytes]) -> dict[bytes, bytes]:
+        """The values found of ``wire_keys``, by wire key, in one ``get``."""
+        if self._pool is not None:
+            with self.errors:
+                return self.client().get_many(wire_keys)  # type: ignore[no-any-return]
+        return self._exchange(b"get " + b" ".join(wire_keys) + b"\r\n",  # type: ignore[no-any-return]
+                              _read_values, len(wire_keys))
+
+    def set(self, wire_key: bytes, value: bytes, expire: int) -> None:
+        """``set``, waiting for the reply (never noreply)."""
+        if self._pool is not None:
+            with self.errors:
+                stored = self.client().set(wire_key, value, expire, noreply=False)
+        else:
+            stored = not self._exchange(
+                b"set %b 0 %d %d\r\n%b\r\n" % (wire_key, expire, len(value), value),
+                _read_stored, 1)
+        if not stored:
+            raise exception.BackendUnavailable(
+                f"memcached server {self.name} did not store the value", host=self.name)
+
+    def set_many(self, values: Mapping[bytes, bytes], expire: int) -> int:
+        """``set`` of every item, pipelined; how many the server did not store."""
+        if self._pool is not None:
+            with self.errors:
+                return len(self.client().set_many(dict(values), expire, noreply=False))
+        return self._exchange(b"".join(  # type: ignore[no-any-return]
+            [b"set %b 0 %d %d\r\n%b\r\n" % (key, expire, len(value), value)
+             for key, value in values.items()]), _read_stored, len(values))
 
     def failure(self, exc: Exception) -> exception.KVSError | None:
         """Translate a pymemcache or socket error into a kvs error naming this server.
@@ -463,6 +744,8 @@ class MemcachedBackend(LeaseBackend):
         # costs more than a loopback round trip, so remember the answers.  The
         # server list never changes (a down server keeps its keys).
         self._node = functools.lru_cache(maxsize=65536)(ring.get_node)
+        #: Store key -> (wire key, server) for the hot calls (see _new_route).
+        self._routes: dict[str, tuple[bytes, Server]] = {}
         self._margin: float = options["lease_safety_margin"]
         # Leases carry the margin as whole seconds on top of their TTL, so a
         # holder still inside its lease always passes the fenced-write check.
@@ -658,44 +941,91 @@ class MemcachedBackend(LeaseBackend):
                 f"memcached server {server.name} can hold", key=key, size=len(value),
                 host=server.name)
 
+    # The hot calls: one remembered route per key, then Server's own wire code.
+
+    def _new_route(self, key: str) -> tuple[bytes, Server]:
+        """``key``'s wire key and server, remembered for the next call."""
+        # memcached_key without its cache: the routes are the cache here.
+        safe = _safe_form(key)
+        server = (self.servers[0] if len(self.servers) == 1
+                  else self._by_name[self._node(safe)])
+        route = (safe.encode("ascii"), server)  # safe keys are printable ASCII
+        if len(key) <= MAX_KEY_LENGTH:  # long keys are rare: not worth the memory
+            routes = self._routes
+            if len(routes) >= _ROUTES_KEPT:
+                try:
+                    for old in list(itertools.islice(routes, _ROUTES_KEPT // 4)):
+                        routes.pop(old, None)
+                except RuntimeError:  # another thread changed the dict meanwhile
+                    routes.clear()
+            routes[key] = route
+        return route
+
+    def _wire_groups(self, keys: Sequence[str]
+                     ) -> tuple[list[bytes], list[tuple[Server, list[bytes]]]]:
+        """Every key's wire key, and the wire keys of each server."""
+        routes, new_route = self._routes, self._new_route
+        wires: list[bytes] = []
+        groups: dict[Server, list[bytes]] = {}
+        for key in keys:
+            route = routes.get(key) or new_route(key)
+            wires.append(route[0])
+            batch = groups.get(route[1])
+            if batch is None:
+                groups[route[1]] = [route[0]]
+            else:
+                batch.append(route[0])
+        return wires, list(groups.items())
+
     def get_serialized(self, key: str) -> bytes | NoValue:  # type: ignore[override]
-        safe, server = self._route(key)
-        with server.errors:
-            value = server.client().get(safe)
-        return NO_VALUE if value is None else value  # type: ignore[no-any-return]
+        wire, server = self._routes.get(key) or self._new_route(key)
+        return server.get(wire)
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         if not keys:
             return []
-        safe_keys = [memcached_key(key) for key in keys]
-        found: dict[str, bytes] = {}
-        groups = ({self.servers[0]: safe_keys} if len(self.servers) == 1
-                  else self._group(keys))
-        for server, batch in groups.items():
-            with server.errors:
-                found.update(server.client().get_many(batch))
-        return [found.get(safe, NO_VALUE) for safe in safe_keys]
+        if len(self.servers) == 1:  # no grouping; the loops in C where they can be
+            cached = list(map(self._routes.get, keys))
+            routes = ([route or self._new_route(key) for key, route in zip(keys, cached)]
+                      if None in cached else cast("list[tuple[bytes, Server]]", cached))
+            wires: list[bytes] = list(map(_first, routes))
+            found = self.servers[0].get_many(wires)
+            return list(map(found.get, wires, itertools.repeat(NO_VALUE)))
+        wires, groups = self._wire_groups(keys)
+        if len(groups) == 1:
+            found = groups[0][0].get_many(groups[0][1])
+        else:
+            found = {}
+            for server, batch in groups:
+                found.update(server.get_many(batch))
+        return [found.get(wire, NO_VALUE) for wire in wires]
 
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
-        self.check_size(key, value)
-        safe, server = self._route(key)
-        with server.errors:
-            server.client().set(safe, value, self._data_expire(ttl, key), noreply=False)
+        # check_size written out for the values that fit any server.
+        limit = self.max_value_size
+        if len(value) > ALWAYS_FITS or (limit is not None and len(value) > limit):
+            self.check_size(key, value)
+        wire, server = self._routes.get(key) or self._new_route(key)
+        if ttl is None and not self._default_expire_seconds:
+            expire = 0
+        else:
+            expire = self._data_expire(ttl, key)
+        server.set(wire, value, expire)
 
     def plain_set_multi(self, mapping: Mapping[str, bytes], ttl: float | None) -> None:
         self.check_sizes(mapping)
         expire = self._data_expire(ttl)
         lasting = self.no_expiry_hashed_keys
-        groups: dict[tuple[Server, int], dict[str, bytes]] = collections.defaultdict(dict)
+        routes, new_route = self._routes, self._new_route
+        groups: dict[tuple[Server, int], dict[bytes, bytes]] = collections.defaultdict(dict)
         for key, value in mapping.items():
-            safe, server = self._route(key)
-            groups[(server, 0 if key in lasting else expire)][safe] = value
+            wire, server = routes.get(key) or new_route(key)
+            groups[(server, 0 if key in lasting else expire)][wire] = value
         for (server, expire), batch in groups.items():
-            with server.errors:
-                failed = server.client().set_many(batch, expire, noreply=False)
+            failed = server.set_many(batch, expire)
             if failed:
                 raise exception.BackendUnavailable(
-                    f"memcached server {server.name} did not store {len(failed)} of "
+                    f"memcached server {server.name} did not store {failed} of "
                     f"{len(batch)} values", host=server.name)
 
     def plain_delete(self, key: str) -> bool:

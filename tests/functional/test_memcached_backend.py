@@ -294,6 +294,67 @@ def test_pooled_clients_from_many_threads(memcached_backend_config: dict[str, An
     assert store.get("counter") == 120
 
 
+# -- the hot calls, written on pymemcache's socket ------------------------------
+
+#: Values from empty to many reads long (RECV_SIZE is 64 KiB), with protocol-like bytes.
+SIZES = [0, 1, 100, 65_530, 65_536, 200_000, 900_000]
+
+
+def _hot_calls_round_trip(store: kvs.KeyValueStore) -> None:
+    values = {f"v{size}": "x\r\nEND\r\n" * (size // 7) for size in SIZES}
+    for key, value in values.items():
+        store.set(key, value)
+        assert store.get(key) == value
+    assert store.get_multi(list(values)) == list(values.values())
+    store.set_multi({key: value[::-1] for key, value in values.items()})
+    assert store.get_multi([*values, *values]) == [value[::-1] for value in values.values()] * 2
+    with pytest.raises(exception.NotFound) as info:
+        store.get_multi(["v0", "missing", "v1"])
+    assert info.value.keys == ["missing"]
+
+
+@pytest.mark.parametrize("pooling", [False, True])
+def test_hot_calls_round_trip_values_of_every_size(memcached_backend_config: dict[str, Any],
+                                                  pooling: bool) -> None:
+    _hot_calls_round_trip(_store(memcached_backend_config, use_pooling=pooling))
+
+
+def test_hot_calls_round_trip_over_tls(memcached_tls_backend_config: dict[str, Any]) -> None:
+    _hot_calls_round_trip(_store(memcached_tls_backend_config))
+
+
+def test_hot_calls_round_trip_on_three_servers(
+        memcached_multi_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_multi_backend_config)
+    keys = [f"k{index}" for index in range(100)]
+    store.set_multi({key: key * 3 for key in keys})
+    assert store.get_multi(keys) == [key * 3 for key in keys]
+    assert len({_backend(store).server_for(_mangled(store, key)).name for key in keys}) == 3
+
+
+def test_hot_calls_on_threads_keep_their_own_connections(
+        memcached_backend_config: dict[str, Any]) -> None:
+    store = _store(memcached_backend_config)
+    failures: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for index in range(200):
+                key = f"t{worker}:{index % 7}"
+                store.set(key, [worker, index])
+                assert store.get(key) == [worker, index]
+                assert store.get_multi([key, key]) == [[worker, index]] * 2
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures
+
+
 # -- TLS ----------------------------------------------------------------------
 
 def test_tls_with_an_untrusted_ca_is_unavailable_naming_the_server(

@@ -154,6 +154,39 @@ def test_stale_connection_after_a_crash_is_retried_once(
     assert fragile.get("k") == "z"
 
 
+def test_stale_connection_is_retried_by_every_hot_call(
+        memcached_servers_factory: ServerFactory) -> None:
+    server = memcached_servers_factory.start()
+    store = _store([server])
+    store.set("k", "v")  # this thread now has an open connection
+
+    def restart() -> None:
+        server.kill()
+        server.start()  # same port, empty
+
+    restart()
+    with pytest.raises(exception.NotFound):  # answered on a fresh connection
+        store.get("k")
+    restart()
+    with pytest.raises(exception.NotFound):
+        store.get_multi(["k", "j"])
+    restart()
+    store.set("k", "v")
+    restart()
+    store.set_multi({"k": "w", "j": "x"})
+    assert store.get_multi(["k", "j"]) == ["w", "x"]
+
+    fragile = _store([server], retry_attempts=0)
+    for call in (lambda: fragile.get_multi(["k"]), lambda: fragile.set_multi({"k": 1})):
+        fragile.set("k", 0)
+        restart()
+        with pytest.raises(exception.BackendUnavailable) as info:
+            call()
+        assert server.address in str(info.value)
+        fragile.set("k", 2)  # the failed call dropped the dead socket
+        assert fragile.get("k") == 2
+
+
 def test_losing_one_of_three_affects_only_its_keys(
         memcached_servers_factory: ServerFactory) -> None:
     servers = [memcached_servers_factory.start() for _ in range(3)]
