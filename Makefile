@@ -46,8 +46,12 @@ lint: $(STAMP)
 
 typecheck: lint
 
+# Two pytest workers (pytest-xdist): most tests wait on servers, sleeps and child
+# processes, so two share the two cores well.  Each worker starts servers of its own.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) servers lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=25 tests
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
