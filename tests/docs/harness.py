@@ -35,7 +35,7 @@ STAND_INS = Path(__file__).resolve().parent / "stand_ins"
 
 PATH = re.compile(r"(?<![\w.~-])/(?:var|etc|run)/[\w.@+-]+(?:/[\w.@+-]+)*")
 ADDRESS = re.compile(
-    # After ':' too (servers:10.0.0.11:11211) and '/' (redis://127.0.0.1:6379).
+    # After ':' too (servers:HOST:11211) and '/' (redis://HOST:6379).
     r"(?<![\w.-])((?:\d{1,3}\.){3}\d{1,3}|localhost|[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+)"
     r":(\d{2,5})\b")
 
