@@ -420,6 +420,29 @@ def _cached_value(data: bytes | NoValue) -> Any:
         raise serializers._undecodable("msgpack", exc) from None
 
 
+#: What an error message of a backend across a network calls each backend
+#: method: the store operation a user called, never the internal method name.
+OPERATION_WORDS: dict[str, str] = {
+    "get_serialized": "get", "get_serialized_multi": "get", "acquire_lease_and_get": "lock",
+    "plain_set": "set", "plain_set_multi": "set", "fenced_set": "set",
+    "fenced_set_and_release": "set", "plain_delete": "delete", "delete_multi": "delete",
+    "fenced_delete": "delete", "acquire_lease": "lock", "wait_for_release": "lock",
+    "release_lease": "unlock", "extend_lease": "extend lock", "persist_lease": "extend lock",
+    "break_lease": "break lock", "lease_info": "lease info", "ping": "ping",
+}
+
+
+def parse_node(option: str, text: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) to a tuple; ConfigurationError naming ``option``."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise exception.ConfigurationError(
+            f"backend argument {option!r} needs host:port entries, got {text.strip()!r}",
+            option=option)
+    return host, int(port)
+
+
 def require_client(backend: str, module: str, extra: str, packages: str) -> None:
     """Raise ConfigurationError naming the extra to install if ``module`` cannot be imported.
 

@@ -63,7 +63,15 @@ from typing import Any, ClassVar
 from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
-from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo, require_client
+from kvs.backends.base import (
+    OPERATION_WORDS,
+    ArgumentSpec,
+    Fenced,
+    LeaseBackend,
+    LeaseInfo,
+    parse_node,
+    require_client,
+)
 from kvs.errors import translated
 
 #: etcd's largest request is 1.5 MiB by default (--max-request-bytes); a value
@@ -86,16 +94,6 @@ LEASE_REUSE = 0.9
 #: resend of a request, which happens within ``timeout``).
 DONE_LEASE_TTL = 60
 
-_OPERATION_WORDS = {
-    "get_serialized": "get", "get_serialized_multi": "get", "acquire_lease_and_get": "lock",
-    "plain_set": "set", "plain_set_multi": "set", "fenced_set": "set",
-    "fenced_set_and_release": "set", "plain_delete": "delete", "delete_multi": "delete",
-    "fenced_delete": "delete", "acquire_lease": "lock", "wait_for_release": "lock",
-    "release_lease": "unlock", "extend_lease": "extend lock", "persist_lease": "extend lock",
-    "break_lease": "break lock", "lease_info": "lease info", "ping": "ping",
-}
-
-
 def _b64(data: bytes | str) -> str:
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -117,13 +115,8 @@ def _parse_endpoint(text: str) -> tuple[str, str, int]:
             raise exception.ConfigurationError(
                 f"backend argument 'endpoints' entries must be host:port or "
                 f"http(s)://host:port, got {text.strip()!r}", option="endpoints")
-    host, sep, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise exception.ConfigurationError(
-            f"backend argument 'endpoints' needs host:port entries, got {text.strip()!r}",
-            option="endpoints")
-    return scheme, host, int(port)
+    host, port = parse_node("endpoints", rest)
+    return scheme, host, port
 
 
 class _Unknown(Exception):
@@ -389,7 +382,7 @@ class EtcdBackend(LeaseBackend):
         if isinstance(exc, _EtcdError):
             key = args[0] if args and isinstance(args[0], str) else None
             return exception.BackendUnavailable(
-                f"{self.name}: etcd refused {_OPERATION_WORDS.get(operation, 'the request')}"
+                f"{self.name}: etcd refused {OPERATION_WORDS.get(operation, 'the request')}"
                 f" (code {exc.code}: {_scrub(str(exc), self.options.get('password'))})",
                 host=self._describe(self._current), key=key)
         return None

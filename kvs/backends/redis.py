@@ -58,7 +58,14 @@ from typing import Any, ClassVar
 from dogpile.cache.api import NO_VALUE, NoValue
 
 from kvs import exception
-from kvs.backends.base import ArgumentSpec, Fenced, LeaseBackend, LeaseInfo, require_client
+from kvs.backends.base import (
+    OPERATION_WORDS,
+    ArgumentSpec,
+    Fenced,
+    LeaseBackend,
+    LeaseInfo,
+    require_client,
+)
 from kvs.backends.near_cache import NearCache
 from kvs.errors import translated
 
@@ -78,17 +85,6 @@ def value_name(key: str) -> str:
     if key and key[0] != "{" and key[0] != "%":
         return key
     return "%" + key.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
-def parse_node(option: str, text: str) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) to a tuple; ConfigurationError naming ``option``."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise exception.ConfigurationError(
-            f"backend argument {option!r} needs host:port entries, got {text.strip()!r}",
-            option=option)
-    return host, int(port)
 
 
 class ClientArgument(ArgumentSpec):
@@ -157,17 +153,9 @@ _SSL_CERT_REQS = ("none", "optional", "required")
 #: call TIME before writing need 5.0).
 MIN_REDIS_VERSION = (6, 0)
 
-#: What an error message calls each backend method: the store operation a user
-#: called, never the backend's internal method name.
-_OPERATION_WORDS = {
-    "get_serialized": "get", "get_serialized_multi": "get", "acquire_lease_and_get": "lock",
-    "plain_set": "set", "plain_set_multi": "set", "fenced_set": "set",
-    "fenced_set_and_release": "set", "plain_delete": "delete", "delete_multi": "delete",
-    "fenced_delete": "delete", "acquire_lease": "lock", "wait_for_release": "lock",
-    "release_lease": "unlock", "extend_lease": "extend lock", "persist_lease": "extend lock",
-    "break_lease": "break lock", "lease_info": "lease info", "ping": "ping",
-    "_connect": "connect", "wait_for_grant": "lock", "cancel_grant": "lock",
-}
+#: What an error message calls each backend method (see OPERATION_WORDS).
+_OPERATION_WORDS = {**OPERATION_WORDS, "_connect": "connect", "wait_for_grant": "lock",
+                    "cancel_grant": "lock"}
 
 
 def check_url(url: str) -> None:
@@ -232,6 +220,33 @@ class RedisBackend(LeaseBackend):
     # Each script is one whole text.  Lease keys share the data key's hash
     # tag, so every script touches a single slot (Cluster-safe).
 
+    #: The grant step of every script that hands out a lease (a Lua function,
+    #: prepended to each): a new fence, max(counter, server clock in
+    #: microseconds) + 1, unless ``retake`` (the token already holds the lease:
+    #: same fence), then the lease for ``ttl`` ms (0: never expires).  Returns
+    #: the fence.
+    GRANT = """
+local function grant(lease, fence_key, token, ttl, retake)
+  local fence
+  if retake then fence = tonumber(redis.call('GET', fence_key)) end
+  if not fence then
+    local now = redis.call('TIME')
+    local clock = now[1] .. string.format('%06d', tonumber(now[2]))
+    local counter = tonumber(redis.call('GET', fence_key))
+    if not counter or counter < tonumber(clock) then
+      redis.call('SET', fence_key, clock)
+    end
+    fence = redis.call('INCR', fence_key)
+  end
+  if ttl > 0 then
+    redis.call('SET', lease, token, 'PX', ttl)
+  else
+    redis.call('SET', lease, token)
+  end
+  return fence
+end
+"""
+
     #: Take the lease.
     #: KEYS[1] lease, KEYS[2] fence counter.  ARGV[1] token, ARGV[2] ttl ms (0: never expires).
     #: Returns the fence number, or nil when another token holds the lease.
@@ -244,27 +259,10 @@ class RedisBackend(LeaseBackend):
     #: its last second): no script runs in under a microsecond, so the counter
     #: never leads the clock by more than a restart takes.  (Lua numbers are
     #: doubles, exact up to 2^53 us, the year 2255.)
-    ACQUIRE = """
+    ACQUIRE = GRANT + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
-local fence
-if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
-if not fence then
-  local now = redis.call('TIME')
-  local clock = now[1] .. string.format('%06d', tonumber(now[2]))
-  local counter = tonumber(redis.call('GET', KEYS[2]))
-  if not counter or counter < tonumber(clock) then
-    redis.call('SET', KEYS[2], clock)
-  end
-  fence = redis.call('INCR', KEYS[2])
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return fence
+return grant(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), holder)
 """
 
     #: Take the lease (exactly as ACQUIRE) and read the value in the same
@@ -273,26 +271,10 @@ return fence
     #: ARGV[1] token, ARGV[2] ttl ms (0: never expires).
     #: Returns {fence, value or nil}, or nil when another token holds the
     #: lease (nothing is read then).
-    ACQUIRE_AND_GET = """
+    ACQUIRE_AND_GET = GRANT + """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return false end
-local fence
-if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
-if not fence then
-  local now = redis.call('TIME')
-  local clock = now[1] .. string.format('%06d', tonumber(now[2]))
-  local counter = tonumber(redis.call('GET', KEYS[2]))
-  if not counter or counter < tonumber(clock) then
-    redis.call('SET', KEYS[2], clock)
-  end
-  fence = redis.call('INCR', KEYS[2])
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
+local fence = grant(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), holder)
 return {fence, redis.call('GET', KEYS[3])}
 """
 
@@ -315,7 +297,7 @@ return {fence, redis.call('GET', KEYS[3])}
     #: of a waiter is queue .. ':' .. token (same hash tag, so same slot; only
     #: the Redis backends that wait by ENQUEUE ever fill a queue, so a cluster,
     #: whose scripts must name every key, never reaches that line).
-    HAND_OVER = """
+    HAND_OVER = GRANT + """
 local function hand_over(lease, fence_key, data, signal, waiters, queue, signal_ttl, value)
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -328,17 +310,7 @@ local function hand_over(lease, fence_key, data, signal, waiters, queue, signal_
       local sep = string.find(entry, ':', 1, true)
       local ttl = tonumber(string.sub(entry, sep + 1))
       if tonumber(string.sub(entry, 1, sep - 1)) > ms then
-        local clock = now[1] .. string.format('%06d', tonumber(now[2]))
-        local counter = tonumber(redis.call('GET', fence_key))
-        if not counter or counter < tonumber(clock) then
-          redis.call('SET', fence_key, clock)
-        end
-        local fence = string.format('%.0f', redis.call('INCR', fence_key))
-        if ttl > 0 then
-          redis.call('SET', lease, waiter, 'PX', ttl)
-        else
-          redis.call('SET', lease, waiter)
-        end
+        local fence = string.format('%.0f', grant(lease, fence_key, waiter, ttl, false))
         if value == nil then value = redis.call('GET', data) end
         local grant = queue .. ':' .. waiter
         if value then
@@ -373,26 +345,10 @@ end
     #: Returns {fence, value or nil} when taken, else {0, lease PTTL}.
     #: The lock calls this (not ACQUIRE) first, so a contended acquire costs
     #: one round trip to queue, not a failed ACQUIRE and then a queue call.
-    ENQUEUE = """
+    ENQUEUE = GRANT + """
 local holder = redis.call('GET', KEYS[1])
 if not holder or holder == ARGV[1] then
-  local fence
-  if holder then fence = tonumber(redis.call('GET', KEYS[2])) end
-  if not fence then
-    local now = redis.call('TIME')
-    local clock = now[1] .. string.format('%06d', tonumber(now[2]))
-    local counter = tonumber(redis.call('GET', KEYS[2]))
-    if not counter or counter < tonumber(clock) then
-      redis.call('SET', KEYS[2], clock)
-    end
-    fence = redis.call('INCR', KEYS[2])
-  end
-  local ttl = tonumber(ARGV[2])
-  if ttl > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-  else
-    redis.call('SET', KEYS[1], ARGV[1])
-  end
+  local fence = grant(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), holder)
   if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('LREM', KEYS[5], 0, ARGV[1]) end
   redis.call('DEL', KEYS[6])
   if ARGV[4] == '1' then return {fence, redis.call('GET', KEYS[3])} end

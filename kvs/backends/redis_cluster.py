@@ -20,13 +20,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from kvs import exception
-from kvs.backends.base import ArgumentSpec, LeaseBackend
+from kvs.backends.base import ArgumentSpec, LeaseBackend, parse_node
 from kvs.backends.redis import (
     CONNECTION_ARGUMENTS,
     RedisBackend,
     hash_tag,
     milliseconds,
-    parse_node,
 )
 from kvs.errors import translated
 

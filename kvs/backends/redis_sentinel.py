@@ -20,13 +20,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kvs import exception
-from kvs.backends.base import ArgumentSpec, LeaseBackend
+from kvs.backends.base import ArgumentSpec, LeaseBackend, parse_node
 from kvs.backends.redis import (
     CONNECTION_ARGUMENTS,
     NEAR_CACHE_ARGUMENTS,
     REPLICATION_ARGUMENTS,
     RedisBackend,
-    parse_node,
 )
 
 
