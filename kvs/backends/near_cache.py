@@ -119,16 +119,7 @@ class NearCache:
     def put(self, name: str, value: bytes, epoch: int) -> None:
         """Keep ``value``, read from the server when the epoch was ``epoch``, unless an
         invalidation was processed since (or the cache is not live)."""
-        if not self.live():
-            return
-        with self._lock:
-            if self.epoch != epoch:
-                return
-            values = self._values
-            values[name] = value
-            values.move_to_end(name)
-            if len(values) > self.size:
-                values.popitem(last=False)
+        self.put_many([(name, value)], epoch)
 
     def put_many(self, items: list[tuple[str, bytes]], epoch: int) -> None:
         """:meth:`put` for several values under one lock."""
