@@ -330,12 +330,11 @@ class KeyValueStoreLock:
                         f"could not lock key {self.key!r} in store {self.store!r} within "
                         f"{self.lock_wait_timeout} s", key=self.key, store=self.store)
             else:
-                first = False
                 waited = time.monotonic()
-                read = on_grant is not None
+                read, was_first, first = on_grant is not None, first, False
                 try:
                     grant = leases.wait_for_grant(key, token, self._backend_ttl(),
-                                                  max(0.0, remaining), read)
+                                                  max(0.0, remaining), read, was_first)
                 except exception.BackendUnavailable:
                     try:
                         grant = leases.wait_for_grant(key, token, self._backend_ttl(), 0.0,

@@ -67,6 +67,7 @@ from kvs.backends.base import (
     require_client,
 )
 from kvs.backends.near_cache import NearCache
+from kvs.backends.redis_connections import ConnectionCache
 from kvs.errors import translated
 
 
@@ -210,6 +211,11 @@ class RedisBackend(LeaseBackend):
     #: Whether ``max_connections`` can be honoured with a pool that queues.
     queues_for_connections: ClassVar[bool] = True
 
+    #: Whether the hot commands may skip redis-py's pool checkout (see
+    #: :mod:`kvs.backends.redis_connections`): only on a client kvs built
+    #: itself, with redis-py's retries off and an unbounded pool.
+    caches_connections: ClassVar[bool] = True
+
     #: Lifetime of a wake-up signal nobody popped: long enough to cover the gap
     #: between a waiter's failed acquire and its BLPOP, short enough to leave
     #: no litter.
@@ -223,14 +229,15 @@ class RedisBackend(LeaseBackend):
     #: The grant step of every script that hands out a lease (a Lua function,
     #: prepended to each): a new fence, max(counter, server clock in
     #: microseconds) + 1, unless ``retake`` (the token already holds the lease:
-    #: same fence), then the lease for ``ttl`` ms (0: never expires).  Returns
-    #: the fence.
+    #: same fence), then the lease for ``ttl`` ms (0: never expires).  ``now``:
+    #: the reply of a TIME the caller already made (TIME costs a script about
+    #: 4 us, as much as the rest of a grant), else nil.  Returns the fence.
     GRANT = """
-local function grant(lease, fence_key, token, ttl, retake)
+local function grant(lease, fence_key, token, ttl, retake, now)
   local fence
   if retake then fence = tonumber(redis.call('GET', fence_key)) end
   if not fence then
-    local now = redis.call('TIME')
+    now = now or redis.call('TIME')
     local clock = now[1] .. string.format('%06d', tonumber(now[2]))
     local counter = tonumber(redis.call('GET', fence_key))
     if not counter or counter < tonumber(clock) then
@@ -310,7 +317,7 @@ local function hand_over(lease, fence_key, data, signal, waiters, queue, signal_
       local sep = string.find(entry, ':', 1, true)
       local ttl = tonumber(string.sub(entry, sep + 1))
       if tonumber(string.sub(entry, 1, sep - 1)) > ms then
-        local fence = string.format('%.0f', grant(lease, fence_key, waiter, ttl, false))
+        local fence = string.format('%.0f', grant(lease, fence_key, waiter, ttl, false, now))
         if value == nil then value = redis.call('GET', data) end
         local grant = queue .. ':' .. waiter
         if value then
@@ -341,7 +348,10 @@ end
     #: KEYS[1] lease, KEYS[2] fence counter, KEYS[3] data, KEYS[4] waiters hash,
     #: KEYS[5] queue list, KEYS[6] this waiter's grant list.
     #: ARGV[1] token, ARGV[2] lease ttl ms (0: never expires), ARGV[3] ms the
-    #: queue entry stays valid, ARGV[4] '1' to read the value when taken.
+    #: queue entry stays valid, ARGV[4] '1' to read the value when taken,
+    #: ARGV[5] '1' when a BLPOP on the grant list follows in the same write
+    #: (see wait_for_grant): a lease taken at once then also leaves one
+    #: element there, so that BLPOP returns at once.
     #: Returns {fence, value or nil} when taken, else {0, lease PTTL}.
     #: The lock calls this (not ACQUIRE) first, so a contended acquire costs
     #: one round trip to queue, not a failed ACQUIRE and then a queue call.
@@ -351,6 +361,10 @@ if not holder or holder == ARGV[1] then
   local fence = grant(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), holder)
   if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then redis.call('LREM', KEYS[5], 0, ARGV[1]) end
   redis.call('DEL', KEYS[6])
+  if ARGV[5] == '1' then
+    redis.call('RPUSH', KEYS[6], 't')
+    redis.call('PEXPIRE', KEYS[6], 60000)
+  end
   if ARGV[4] == '1' then return {fence, redis.call('GET', KEYS[3])} end
   return {fence}
 end
@@ -556,6 +570,13 @@ return #KEYS
         require_client(self.name, "redis", "redis", "redis[hiredis]")
         super().__init__(arguments)
         self._check_arguments()
+        options = self.options
+        self._pinned = (self.caches_connections and options.get("client") is None
+                        and not options["retries"] and options["max_connections"] is None)
+        #: The writer's and the reader's ConnectionCache when _pinned (see _adopt);
+        #: typed Any, as they are only ever used then.
+        self._on_writer: Any = None
+        self._on_reader: Any = None
         self._connect_lock = threading.Lock()
         self._writer: Any = None
         self._reader: Any = None
@@ -579,6 +600,12 @@ return #KEYS
         # to the server), by token.
         self._held_keys: dict[str, int] = {}
         self._held_tokens: dict[str, str] = {}
+        #: Keys whose last acquire here had to queue (see wait_for_grant).
+        self._contended: dict[str, None] = {}
+        import redis.exceptions
+
+        self._no_script: type[Exception] = redis.exceptions.NoScriptError
+        options = self.options
 
     # -- configuration ------------------------------------------------------
 
@@ -739,6 +766,9 @@ return #KEYS
     def _adopt(self, writer: Any, reader: Any) -> None:
         self._scripts = {name: writer.register_script(getattr(self, name))
                          for name in self._SCRIPTS}
+        if self._pinned:
+            self._on_writer = ConnectionCache(writer)
+            self._on_reader = self._on_writer if reader is writer else ConnectionCache(reader)
         self._reader = reader
         self._writer = writer
 
@@ -787,6 +817,25 @@ return #KEYS
             self._check_server_version(self.client)
             self._version_checked = True
         return self._scripts[name]
+
+    def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua script ``name`` on the writer (this thread's own connection
+        when pinned); a script the server lost is loaded by redis-py's Script."""
+        script = self._script(name)
+        if self._pinned:
+            try:
+                return self._on_writer.run("EVALSHA", script.sha, len(keys),
+                                      *keys, *args)
+            except self._no_script:
+                pass  # SCRIPT FLUSH, a restart or a failover: Script loads it, then runs it
+        return script(keys=keys, args=args)
+
+    def _write_script(self, key: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        """A data-writing script: ``_eval``, or with ``wait_replicas`` through _write."""
+        if not self.wait_replicas:
+            return self._eval(name, keys, args)
+        script = self._script(name)
+        return self._write(key, lambda client: script(keys=keys, args=args, client=client))
 
     # -- errors -------------------------------------------------------------
 
@@ -862,7 +911,11 @@ return #KEYS
         near = self._near
         if near is not None and key not in self._held_keys:
             return self._near_get(near, key)
-        value = self.reader.get(self.value_name(key))
+        reader = self.reader
+        if self._pinned:
+            value = self._on_reader.run("GET", self.value_name(key))
+        else:
+            value = reader.get(self.value_name(key))
         if value is None:
             self._refuse_old_layout([key])
             return NO_VALUE
@@ -973,7 +1026,13 @@ return #KEYS
         self.check_size(key, value)
         name = self.value_name(key)
         try:
-            if ttl is None:
+            if self._pinned and not self.wait_replicas:
+                self.client  # noqa: B018  (builds it, and the connection cache)
+                if ttl is None:
+                    self._on_writer.run("SET", name, value)
+                else:
+                    self._on_writer.run("SET", name, value, "PX", milliseconds(ttl))
+            elif ttl is None:
                 self._write(key, lambda client: client.set(name, value))
             else:
                 self._write(key, lambda client: client.set(name, value, px=milliseconds(ttl)))
@@ -1036,8 +1095,8 @@ return #KEYS
     @translated
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
         tag = hash_tag(key)
-        fence = self._script("ACQUIRE")(
-            keys=[tag + ":lease", tag + ":fence"], args=[token, self._lease_ms(ttl)])
+        fence = self._eval("ACQUIRE", [tag + ":lease", tag + ":fence"],
+                           [token, self._lease_ms(ttl)])
         if fence is None:
             return None
         self._hold(key, token)
@@ -1048,9 +1107,9 @@ return #KEYS
         self, key: str, token: str, ttl: float | None
     ) -> tuple[int | None, bytes | NoValue]:
         tag = hash_tag(key)
-        reply = self._script("ACQUIRE_AND_GET")(
-            keys=[tag + ":lease", tag + ":fence", self.value_name(key)],
-            args=[token, self._lease_ms(ttl)])
+        reply = self._eval("ACQUIRE_AND_GET", [tag + ":lease", tag + ":fence",
+                                               self.value_name(key)],
+                           [token, self._lease_ms(ttl)])
         if reply is None:
             return None, NO_VALUE
         self._hold(key, token)
@@ -1068,10 +1127,10 @@ return #KEYS
     def release_lease(self, key: str, token: str) -> bool:
         tag = hash_tag(key)
         try:
-            return bool(self._script("RELEASE")(
-                keys=[tag + ":lease", tag + ":signal", tag + ":done", tag + ":fence",
-                      self.value_name(key), tag + ":waiters", tag + ":queue"],
-                args=[token, self.SIGNAL_TTL_MS, self._request_id(), self.DONE_TTL_MS]))
+            return bool(self._eval(
+                "RELEASE", [tag + ":lease", tag + ":signal", tag + ":done", tag + ":fence",
+                            self.value_name(key), tag + ":waiters", tag + ":queue"],
+                [token, self.SIGNAL_TTL_MS, self._request_id(), self.DONE_TTL_MS]))
         finally:
             self._unhold(token)
 
@@ -1090,13 +1149,10 @@ return #KEYS
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
         self.check_size(key, value)
         tag = hash_tag(key)
-        script = self._script("FENCED_SET")
-        request = self._request_id()
         try:
-            written = self._write(key, lambda client: script(
-                keys=[tag + ":lease", self.value_name(key), tag + ":done"],
-                args=[token, value, self._lease_ms(ttl), request, self.DONE_TTL_MS],
-                client=client))
+            written = self._write_script(
+                key, "FENCED_SET", [tag + ":lease", self.value_name(key), tag + ":done"],
+                [token, value, self._lease_ms(ttl), self._request_id(), self.DONE_TTL_MS])
         finally:
             self._forget_near([key])
         return Fenced.WRITTEN if written else Fenced.LEASE_LOST
@@ -1106,14 +1162,13 @@ return #KEYS
                                ttl: float | None) -> Fenced:
         self.check_size(key, value)
         tag = hash_tag(key)
-        script = self._script("FENCED_SET_AND_RELEASE")
-        request = self._request_id()
         try:
-            written = self._write(key, lambda client: script(
-                keys=[tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done",
-                      tag + ":fence", tag + ":waiters", tag + ":queue"],
-                args=[token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, request,
-                      self.DONE_TTL_MS], client=client))
+            written = self._write_script(
+                key, "FENCED_SET_AND_RELEASE",
+                [tag + ":lease", self.value_name(key), tag + ":signal", tag + ":done",
+                 tag + ":fence", tag + ":waiters", tag + ":queue"],
+                [token, value, self._lease_ms(ttl), self.SIGNAL_TTL_MS, self._request_id(),
+                 self.DONE_TTL_MS])
         finally:
             self._forget_near([key])
             self._unhold(token)
@@ -1189,36 +1244,94 @@ return #KEYS
 
     @translated
     def wait_for_grant(self, key: str, token: str, ttl: float | None, timeout: float,
-                       read_value: bool = False) -> tuple[int, bytes | NoValue] | None:
+                       read_value: bool = False,
+                       first: bool = False) -> tuple[int, bytes | NoValue] | None:
         """Take the lease if free, else queue for it and block until a release
         hands it over, the holder's lease expires, or ``timeout``.
 
         Returns (fence, stored value) when this token now holds the lease (the
         value only with ``read_value``, else NO_VALUE), ``None`` when it does
-        not yet (the caller calls again, which re-queues).
+        not yet (the caller calls again, which re-queues).  ``first``: the
+        first call of an acquire; if the last acquire of this key here had to
+        queue, it queues and blocks in one write (see _enqueue_and_block).
         """
         limit = min(timeout, self._blocking_cap)
         # The entry outlives this wait by a margin, so a re-queue finds it.
         window_ms = milliseconds(self._blocking_cap + 0.5)
-        reply = self._script("ENQUEUE")(
-            keys=self._queue_keys(key, token),
-            args=[token, self._lease_ms(ttl), window_ms, "1" if read_value else "0"])
+        keys = self._queue_keys(key, token)
+        args = [token, self._lease_ms(ttl), window_ms, "1" if read_value else "0"]
+        bounded = self.options["max_connections"] is not None
+        contended = self._contended
+        if first and key in contended and self._pinned and limit >= 0.001:
+            sent = self._enqueue_and_block(keys, args, round(limit, 3))
+            if sent is not None:
+                reply, popped = sent
+                if int(reply[0]):  # free after all (its element was popped)
+                    return self._taken(key, token, reply, read_value)
+                if popped is None:
+                    return None  # blocked the whole limit: call again (sees the lease's PTTL)
+                return self._grant_popped(key, token, popped, read_value)
+        reply = self._eval("ENQUEUE", keys, [*args, "0"])
         if int(reply[0]):
-            value = reply[1] if len(reply) > 1 and reply[1] is not None else NO_VALUE
-            return self._granted(key, token, int(reply[0]), value, read_value)
+            return self._taken(key, token, reply, read_value)
+        if len(contended) >= 4096:  # keys contended once, maybe long ago: start afresh
+            contended.clear()
+        contended[key] = None
         left_ms = int(reply[1])
         if left_ms > 0:  # a release hands over; an expiry does not, so look again then
             limit = min(limit, left_ms / 1000)
-        if self.options["max_connections"] is not None:
+        if bounded:
             # A bounded pool: never hold a connection in BLPOP (see wait_for_release).
             time.sleep(max(0.0, min(limit, 0.005)))
             return None
         if limit < 0.001:
             return None
-        popped = self.client.blpop([hash_tag(key) + ":queue:" + token], timeout=round(limit, 3))
+        if self._pinned:
+            popped = self._on_writer.run("BLPOP", keys[5], round(limit, 3))
+        else:
+            popped = self.client.blpop([keys[5]], timeout=round(limit, 3))
         if popped is None:
             return None
-        fence, kind, value = bytes(popped[1]).split(b":", 2)
+        return self._grant_popped(key, token, popped[1], read_value)
+
+    def _enqueue_and_block(self, keys: list[str], args: list[Any],
+                           block_s: float) -> tuple[Any, Any] | None:
+        """ENQUEUE, and a BLPOP of this waiter's grant list, sent in one write.
+
+        Under contention a waiter always queues, so sending the BLPOP after
+        the ENQUEUE's reply costs a round trip (and a wake-up of the server
+        and of the waiter) per hand-off for nothing.  ENQUEUE is told that a
+        BLPOP follows (ARGV[5]): a lease taken at once leaves an element for
+        it, so it never blocks then.  The BLPOP's limit cannot see the
+        holder's PTTL (it is sent before ENQUEUE answers), so a holder that
+        died is noticed up to that limit (at most half the socket timeout)
+        after its lease ran out, not at once; the next call sees the PTTL.
+
+        Returns (ENQUEUE's reply, BLPOP's element or None), or None when the
+        script is not loaded (the caller sends ENQUEUE alone, which loads it).
+        A reply lost on the way is the lock's business, as for every call:
+        it calls again with the same token, and ENQUEUE recognises a grant.
+        """
+        script = self._script("ENQUEUE")
+        try:
+            reply, popped = self._on_writer.run_many(
+                ("EVALSHA", script.sha, len(keys), *keys, *args, "1"),
+                ("BLPOP", keys[5], block_s))
+        except self._no_script:
+            return None  # run_many dropped the connection, and with it the BLPOP
+        return reply, (None if popped is None else popped[1])
+
+    def _taken(self, key: str, token: str, reply: Any,
+               read_value: bool) -> tuple[int, bytes | NoValue]:
+        """ENQUEUE took the lease at once: the key is not contended (any more)."""
+        self._contended.pop(key, None)
+        value = reply[1] if len(reply) > 1 and reply[1] is not None else NO_VALUE
+        return self._granted(key, token, int(reply[0]), value, read_value)
+
+    def _grant_popped(self, key: str, token: str, element: bytes,
+                      read_value: bool) -> tuple[int, bytes | NoValue]:
+        """A grant a release pushed: ``<fence>:v:<value>`` or ``<fence>:n:``."""
+        fence, kind, value = bytes(element).split(b":", 2)
         return self._granted(key, token, int(fence), value if kind == b"v" else NO_VALUE,
                              read_value)
 

@@ -49,6 +49,9 @@ class RedisClusterBackend(RedisBackend):
     #: queued waiter would write a key its script does not name.
     grants_on_release: ClassVar[bool] = False
 
+    #: redis-py's cluster client routes each command to a node's own pool.
+    caches_connections: ClassVar[bool] = False
+
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         self.startup_nodes: list[tuple[str, int]] = []
         super().__init__(arguments)

@@ -172,7 +172,8 @@ def test_a_grant_that_arrives_as_the_waiter_gives_up_is_taken_not_left_ownerless
     queue_only = RedisBackend.wait_for_grant
 
     def wait_without_blocking(self: RedisBackend, key: str, token: str, ttl: float | None,
-                              timeout: float, read_value: bool = False) -> Any:
+                              timeout: float, read_value: bool = False,
+                              first: bool = False) -> Any:
         grant = queue_only(self, key, token, ttl, 0.0, read_value)  # queue or take, no block
         time.sleep(timeout)
         return grant
