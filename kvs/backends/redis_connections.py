@@ -6,11 +6,12 @@ dispatch; about 50 µs of a 110 µs GET on loopback here.  kvs's hot commands
 (GET, SET, the lease scripts) instead take a connection from a plain list
 (:class:`ConnectionCache`) and put it back when their reply is read.  They
 still run through redis-py's own ``Connection``: its socket, parser,
-handshake, TLS and health checks.  Only the checkout is skipped, and with it
-the poll for unread data, which kvs makes unnecessary: a command that fails,
-or does not read all its replies, disconnects its connection and gives it
-back to the pool, whose next checkout reconnects it (and, on Sentinel, finds
-the current master).
+handshake, TLS and health checks.  Only the checkout is skipped.  Its poll
+for unread data runs only on a connection that sat idle for over 50 ms (one
+the server may have closed meanwhile); kvs keeps busy ones in step itself: a
+command that fails, or does not read all its replies, disconnects its
+connection and gives it back to the pool, whose next checkout reconnects it
+(and, on Sentinel, finds the current master).
 
 A connection first comes from the client's pool, and stays with the cache
 from then on, so the cache holds as many connections as kvs ever ran
@@ -27,7 +28,11 @@ shared by all threads; a connection is used by one thread at a time.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
+
+#: A connection idle for longer is checked before it is used again (see _take).
+IDLE_CHECK_S = 0.05
 
 #: Bumped in a forked child: connections cached before the fork are the parent's.
 _generation = [0]
@@ -44,17 +49,39 @@ class ConnectionCache:
     """Free connections of one redis-py client: ``run(*command)``, ``run_many(*commands)``."""
 
     def __init__(self, client: Any) -> None:
+        import redis.exceptions
+
         self._client = client
-        self._free: list[Any] = []
+        #: (connection, time.monotonic() when it was put back)
+        self._free: list[tuple[Any, float]] = []
         self._generation = _generation[0]
+        self._broken = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
     def _take(self) -> Any:
         if self._generation != _generation[0]:
             self._free, self._generation = [], _generation[0]
         try:
-            return self._free.pop()
+            connection, since = self._free.pop()
         except IndexError:
             return self._client.connection_pool.get_connection()
+        if time.monotonic() - since > IDLE_CHECK_S:
+            # What the pool checks at every checkout, only for a connection that
+            # sat idle: the server may have closed it meanwhile (its ``timeout``,
+            # a restart), and a command sent on it then fails although it never
+            # ran.  Back-to-back commands skip the poll.
+            try:
+                stale = connection.can_read()
+            except self._broken:
+                stale = True
+            if stale:
+                connection.disconnect()
+                pool = self._client.connection_pool
+                pool.release(connection)
+                return pool.get_connection()  # reconnects (Sentinel: to the master)
+        return connection
+
+    def _put(self, connection: Any) -> None:
+        self._free.append((connection, time.monotonic()))
 
     def run(self, *command: Any) -> Any:
         """Send one command and read its raw reply (no response callback)."""
@@ -64,11 +91,11 @@ class ConnectionCache:
             reply = connection.read_response()
         except BaseException as exc:
             if _is_error_reply(exc):
-                self._free.append(connection)  # still in step with the server
+                self._put(connection)  # still in step with the server
             else:
                 self._give_back(connection)
             raise
-        self._free.append(connection)
+        self._put(connection)
         return reply
 
     def run_many(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -85,7 +112,7 @@ class ConnectionCache:
         except BaseException:
             self._give_back(connection)
             raise
-        self._free.append(connection)
+        self._put(connection)
         return replies
 
     def _give_back(self, connection: Any) -> None:

@@ -20,6 +20,7 @@ import pytest
 import kvs
 from kvs import exception
 from kvs.backends.redis import RedisBackend, hash_tag
+from kvs.backends.redis_connections import ConnectionCache
 from tests.fixtures.redis_servers import RedisServer
 from tests.functional.fault_support import spawn_context
 from tests.functional.faultproxy import FaultProxy
@@ -216,3 +217,76 @@ def test_a_lost_wake_up_is_recognised_by_the_next_queue_call(
         assert info is not None and info.token == waiter.token and info.fence == waiter.fence
         waiter.release()
     assert holder_store.lease_info("k") is None
+
+
+def _contend_once(holder_store: kvs.KeyValueStore, waiter_store: kvs.KeyValueStore,
+                  server: RedisServer, key: str) -> None:
+    """One update() of waiter_store that had to queue: the key counts as contended there."""
+    holder = holder_store.get_lock(key).acquire()
+    waiter = _start(lambda: waiter_store.update(key, lambda value: value + 1, default=0))
+    _wait_queued(server, holder_store, key, 1)
+    holder.release()
+    waiter.join(5)
+    assert not waiter.is_alive()
+
+
+def _count_pipelined(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sent: list[int] = []
+    run_many = ConnectionCache.run_many
+
+    def counting(self: ConnectionCache, *commands: Any) -> list[Any]:
+        sent.append(len(commands))
+        return run_many(self, *commands)
+
+    monkeypatch.setattr(ConnectionCache, "run_many", counting)
+    return sent
+
+
+def test_a_waiter_that_queued_before_queues_and_blocks_in_one_write(
+        stores: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    holder_store, waiter_store = stores(), stores()
+    _contend_once(holder_store, waiter_store, redis_server, "n")
+    sent = _count_pipelined(monkeypatch)
+    holder = holder_store.get_lock("n").acquire()
+    seen: list[Any] = []
+    waiter = _start(lambda: seen.append(waiter_store.update("n", lambda value: value * 10)))
+    _wait_queued(redis_server, holder_store, "n", 1)
+    holder_store.set("n", 4, lock=holder)
+    holder.release()
+    waiter.join(5)
+    assert sent == [2]                        # ENQUEUE and BLPOP, one write
+    assert seen == [40] and holder_store.get("n") == 40
+    assert holder_store.lease_info("n") is None
+    assert _queue_is_empty(holder_store, "n", redis_server)
+
+
+def test_a_pipelined_wait_on_a_free_lease_returns_at_once(
+        stores: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENQUEUE takes the free lease and leaves an element, so the BLPOP sent with it
+    returns at once (its limit here would be 5 s: half the socket timeout)."""
+    holder_store, waiter_store = stores(), stores(socket_timeout=10)
+    _contend_once(holder_store, waiter_store, redis_server, "n")
+    sent = _count_pipelined(monkeypatch)
+    started = time.monotonic()
+    assert waiter_store.update("n", lambda value: value + 1) == 2
+    assert time.monotonic() - started < 2
+    assert sent == [2]
+    lock = waiter_store.get_lock("n")
+    tag = hash_tag(lock.lease_key)
+    assert not redis_server.client().keys(tag + ":queue:*")  # the element was popped
+    # Free again: the key no longer counts as contended, so the next one goes alone.
+    assert waiter_store.update("n", lambda value: value + 1) == 3
+    assert sent == [2]
+
+
+def test_a_pipelined_wait_after_script_flush_loads_the_script(
+        stores: Any, redis_server: RedisServer) -> None:
+    """NOSCRIPT on the pipelined ENQUEUE: the connection (and its BLPOP) is dropped and
+    ENQUEUE is sent alone, which loads it; nothing waits out the BLPOP's limit."""
+    holder_store, waiter_store = stores(), stores(socket_timeout=10)
+    _contend_once(holder_store, waiter_store, redis_server, "n")
+    redis_server.client().script_flush()
+    started = time.monotonic()
+    assert waiter_store.update("n", lambda value: value + 1) == 2
+    assert time.monotonic() - started < 2
+    assert waiter_store.lease_info("n") is None

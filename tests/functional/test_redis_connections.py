@@ -1,0 +1,107 @@
+"""kvs.redis's own connection cache (kvs.backends.redis_connections) on a real server:
+shared by threads, replaced when the server closed it, never shared with a fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import kvs
+from kvs import exception
+from kvs.backends.redis import RedisBackend
+from kvs.backends.redis_connections import IDLE_CHECK_S
+from tests.fixtures.redis_servers import RedisServer
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[kvs.KeyValueStore]:
+    with kvs.testing.isolated_stores():
+        made = kvs.get_key_value_store(f"conn-{uuid.uuid4().hex[:10]}")
+        made.configure("kvs.redis", url=f"redis://{redis_server.address}/0",
+                       key_prefix=f"conn-{uuid.uuid4().hex[:8]}")
+        yield made
+
+
+def _backend(store: kvs.KeyValueStore) -> RedisBackend:
+    backend = store.region.actual_backend
+    assert isinstance(backend, RedisBackend)
+    return backend
+
+
+def _connections(server: RedisServer) -> int:
+    return len(server.client().client_list())
+
+
+def test_the_hot_path_uses_the_cache(store: kvs.KeyValueStore) -> None:
+    backend = _backend(store)
+    store.set("k", 1)
+    assert backend._pinned and backend._on_writer is not None
+    assert store.update("k", lambda value: value + 1) == 2
+    with store.get_lock("k") as lock:
+        store.set("k", 3, lock=lock)
+    assert store.get("k") == 3
+
+
+def test_short_lived_threads_share_connections(store: kvs.KeyValueStore,
+                                                redis_server: RedisServer) -> None:
+    store.set("k", -1)
+    store.update("k", lambda value: value + 1)  # the first lease call checks the version too
+    before = _connections(redis_server)
+    for _ in range(40):
+        thread = threading.Thread(target=lambda: store.update("k", lambda value: value + 1))
+        thread.start()
+        thread.join(5)
+    assert store.get("k") == 40
+    # One at a time: one connection was enough (the pool would have reused one too).
+    assert _connections(redis_server) == before
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(
+        store: kvs.KeyValueStore, redis_server: RedisServer) -> None:
+    store.set("k", 1)
+    killed = redis_server.client().client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    time.sleep(IDLE_CHECK_S * 3)  # as the server's ``timeout`` would, after idling
+    assert store.get("k") == 1    # not BackendUnavailable: the idle check saw it closed
+    store.set("k", 2)
+    assert store.update("k", lambda value: value + 1) == 3
+
+
+def test_a_connection_that_failed_in_use_is_reconnected_next_time(
+        store: kvs.KeyValueStore, redis_server: RedisServer) -> None:
+    store.set("k", 1)
+    redis_server.client().client_kill_filter(_type="normal", skipme=True)
+    # At once (no idle check): the command fails, and says where.
+    with pytest.raises(exception.BackendUnavailable) as caught:
+        store.get("k")
+    assert redis_server.address in str(caught.value)
+    assert store.get("k") == 1
+
+
+def test_a_forked_child_never_uses_its_parents_connections(
+        store: kvs.KeyValueStore, redis_server: RedisServer) -> None:
+    store.set("k", "parent")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection, and the parent's left alone
+        try:
+            os.close(read)
+            store.set("child", os.getpid())
+            ok = store.get("k") == "parent" and store.update("k", lambda v: v + "+child")
+            os.write(write, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as reply:
+        assert reply.read() == b"ok"
+    os.waitpid(pid, 0)
+    # The parent's connection is still in step after the child's exit.
+    assert store.get("k") == "parent+child"
+    assert store.get("child") == pid
+    store.set("k", "after")
+    assert store.get("k") == "after"
