@@ -194,14 +194,20 @@ def test_a_grant_that_arrives_as_the_waiter_gives_up_is_taken_not_left_ownerless
     assert store.lease_info("k") is None
 
 
+@pytest.mark.parametrize("queued_before", [False, True], ids=["alone", "in-one-write"])
 def test_a_lost_wake_up_is_recognised_by_the_next_queue_call(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any, redis_server: RedisServer, queued_before: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The reply of the waiter's BLPOP (its grant) is lost and its connection cut: the
     lock queues again with the same token, finds the lease already its own, and holds
-    it with the granted fence."""
+    it with the granted fence.  ``in-one-write``: the waiter's store queued for the
+    key before, so its ENQUEUE and BLPOP go in one write (see _contend_once)."""
     holder_store = stores()
     with FaultProxy("127.0.0.1", redis_server.port) as proxy:
         waiter_store = stores(url=f"redis://{proxy.address}/0")
+        if queued_before:
+            _contend_once(holder_store, waiter_store, redis_server, "k")
+        sent = _count_pipelined(monkeypatch)
         holder = holder_store.get_lock("k").acquire()
         waiter = waiter_store.get_lock("k")
         results: list[Any] = []
@@ -212,6 +218,7 @@ def test_a_lost_wake_up_is_recognised_by_the_next_queue_call(
         holder.release()
         thread.join(5)
         assert proxy.dropped == 1
+        assert sent == ([2] if queued_before else [])
         assert results == [waiter]
         info = holder_store.lease_info("k")
         assert info is not None and info.token == waiter.token and info.fence == waiter.fence
