@@ -65,3 +65,54 @@ def test_store_reads_tuples_written_by_a_plain_region_as_lists() -> None:
     from kvs.serializers import MsgpackSerializer, exact_dumps
 
     assert MsgpackSerializer().loads(exact_dumps({"t": (1, (2,))})) == {"t": [1, [2]]}
+
+
+@pytest.mark.parametrize("name", ["msgpack", "json", "pickle"])
+def test_the_header_is_dogpile_metadata_with_a_float_creation_time(name: str) -> None:
+    import json
+    import time
+
+    codec = serializers.get_serializer(name)
+    before = time.time()
+    data = codec.pack({"a": [1, 2]})
+    after = time.time()
+    head, _, payload = data.partition(b"|")  # as dogpile's region reads it
+    metadata = json.loads(head)
+    assert metadata["v"] == serializers.DOGPILE_VALUE_VERSION
+    assert type(metadata["ct"]) is float
+    assert before - 1e-6 <= metadata["ct"] <= after + 1e-6
+    assert codec.loads(payload) == {"a": [1, 2]} == codec.unpack(data)
+
+
+@pytest.mark.parametrize("foreign", [b"", b"|", b"{|x", b"x}|\x01", b"{}", b"{}\x01",
+                                     b"{" + b" " * 126 + b"}|\x01", b"no separator"])
+def test_bytes_without_a_metadata_header_are_corrupt(foreign: bytes) -> None:
+    codec = serializers.get_serializer("msgpack")
+    with pytest.raises(exception.CorruptValue):
+        codec.unpack(foreign)
+    with pytest.raises(exception.CorruptValue):
+        codec.unpack(foreign + b"\x00" * 70000)  # the view path of large values
+
+
+def test_a_dogpile_region_applies_expiry_and_invalidate_to_kvs_values() -> None:
+    import time
+
+    from dogpile.cache.api import NO_VALUE
+
+    import kvs
+    import kvs.testing
+
+    with kvs.testing.isolated_stores():
+        store = kvs.get_key_value_store("header-region")
+        store.configure("kvs.memory")
+        region = store.region  # dogpile's own reads: json.loads of the header
+        store.set("k", 1)
+        assert region.get("k", expiration_time=0.3) == 1
+        time.sleep(0.35)
+        assert region.get("k", expiration_time=0.3) is NO_VALUE
+        assert region.get("k") == 1
+        region.invalidate(hard=True)
+        assert region.get("k") is NO_VALUE  # written before invalidate()
+        time.sleep(0.01)
+        store.set("k", 2)
+        assert region.get("k") == 2  # written after it
