@@ -29,7 +29,7 @@ from dogpile.cache.region import CacheRegion, _backend_loader, make_region
 from kvs import durations, exception, manglers, paths, security, serializers
 from kvs.backends.base import Fenced, LeaseBackend, LeaseInfo
 from kvs.errors import raise_translated, translated
-from kvs.lock import MAX_LOCK_WINDOW, KeyValueStoreLock, LockState
+from kvs.lock import KeyValueStoreLock, LockState, safety_window
 from kvs.proxy import LeaseProxy, check_lease_proxy, layer_name
 from kvs.stock import StockLeases, stock_lock_arguments
 
@@ -252,6 +252,13 @@ class KeyValueStore:
         self._max_duration: Callable[[], float] = lambda: durations.MAX_SECONDS
         self._key_mangler: Callable[[str], str] = manglers.prefixed(name, None)
         self._max_lock_attempts: int | None = None
+        #: The backend that runs update() in one step (memory, sqlite), when
+        #: nothing sits in between and locking is on; else None.
+        self._one_step: LeaseBackend | None = None
+        #: update()'s fn time limit (the holder's view of lock_timeout) and
+        #: the backend's lease for it (see kvs.lock.safety_window); None: none.
+        self._update_budget: float | None = None
+        self._update_lease_ttl: float | None = None
 
     def __repr__(self) -> str:
         state = f"backend={self.backend_name}" if self._configured else "unconfigured"
@@ -367,6 +374,7 @@ class KeyValueStore:
         self.locking = bool(locking)
         self.lock_timeout = settings["lock_timeout"]
         self.lock_wait_timeout = settings["lock_wait_timeout"]
+        self._set_update_constants(path)
         self.key_prefix = settings["key_prefix"]
         self.default_ttl = settings["default_ttl"]
         self.security_strategy = settings["strategy"]
@@ -480,6 +488,19 @@ class KeyValueStore:
                         self.name)
 
     # -- helpers ------------------------------------------------------------
+
+    def _set_update_constants(self, path: paths.DataPath) -> None:
+        """update()'s per-store constants, worked out once instead of per call."""
+        backend = path.backend
+        self._one_step = backend if (self.locking and backend is not None
+                                     and backend.updates_in_one_step) else None
+        lock_timeout = self.lock_timeout
+        if lock_timeout:
+            window = safety_window(lock_timeout)
+            self._update_budget = lock_timeout - window
+            self._update_lease_ttl = lock_timeout + window
+        else:
+            self._update_budget = self._update_lease_ttl = None
 
     def _require_path(self) -> paths.DataPath:
         path = self._path
@@ -750,14 +771,61 @@ class KeyValueStore:
         and returns the new value.  Raises LockTimeout, writing nothing, if the
         lease is lost meanwhile.
         """
+        one_step = self._one_step
+        if one_step is not None:
+            # update() on a backend that runs it atomically in one step (sqlite,
+            # memory), written out here: a frame more is a twentieth of an
+            # update() on kvs.memory.  The same rules as under a lease: another
+            # holder's lease makes it wait up to lock_wait_timeout; fn running
+            # past the holder's view of lock_timeout raises LockTimeout and
+            # writes nothing; fn raising writes nothing.
+            mangled = self._key_mangler(key)  # checks the key
+            ttl = self.default_ttl if ttl is None else self._ttl(ttl)
+            # What change() reads comes in as defaults and what it hands out
+            # goes into ``out`` (the new value, fn's own error): a closure would
+            # make a cell per name on every call, a seventh of an update() on
+            # kvs.memory.  change runs at most once per update_value.
+            out: list[Any] = [None, None]
+
+            def change(stored: Any, store: KeyValueStore = self, key: str = key,
+                       fn: Callable[[Any], Any] = fn, default: Any = default,
+                       out: list[Any] = out) -> bytes:
+                started = time.monotonic()
+                if stored is not NO_VALUE:
+                    current = store._serializer.unpack(stored)
+                elif default is _NO_DEFAULT:
+                    raise exception.NotFound(key, store=store.name)
+                else:
+                    current = default
+                try:
+                    value = fn(current)
+                except BaseException as error:
+                    out[1] = error  # fn's own error reaches the caller unchanged
+                    raise
+                budget = store._update_budget
+                if budget is not None and time.monotonic() - started >= budget:
+                    raise exception.LockTimeout(
+                        f"lock timeout occurred for key {key!r} in store {store.name!r} "
+                        f"(update's fn ran past lock_timeout={store.lock_timeout} s); "
+                        f"nothing was written", key=key, store=store.name)
+                out[0] = value
+                return store._serializer.pack(value)
+
+            try:
+                outcome = one_step.update_value(mangled, change, ttl, self._update_lease_ttl)
+                if outcome is not _WRITTEN:
+                    self._update_again(one_step, key, mangled, change, ttl, outcome)
+                return out[0]
+            except Exception as exc:
+                if out[1] is exc:
+                    raise
+                raise_translated(self, exc, "update", (key,))
         path = self._path or self._require_path()
         mangled = self._key_mangler(key)  # checks the key
         ttl = self.default_ttl if ttl is None else self._ttl(ttl)
         backend = path.backend
         if self.locking:
             if backend is not None:  # nothing in between: the backend carries every write
-                if backend.updates_in_one_step:
-                    return self._update_in_one_step(backend, key, mangled, fn, default, ttl)
                 return self._update_in_two_round_trips(backend, self.get_lock(key), fn,
                                                        default, ttl)
             # Refuse before fn runs (and has side effects), not at the write.
@@ -779,71 +847,31 @@ class KeyValueStore:
         lock.release()
         return new
 
-    def _update_in_one_step(self, backend: LeaseBackend, key: str, mangled: str,
-                            fn: Callable[[Any], Any], default: Any, ttl: float | None) -> Any:
-        """update() on a backend that runs it atomically in one step (sqlite, memory).
+    def _update_again(self, backend: LeaseBackend, key: str, mangled: str,
+                      change: Callable[[bytes | Any], bytes], ttl: float | None,
+                      outcome: Fenced | None) -> None:
+        """The rest of a one-step update() whose first try did not write.
 
-        The same rules as under a lease: another holder's lease makes it wait
-        up to ``lock_wait_timeout``; ``fn`` running
-        past the holder's view of ``lock_timeout`` raises LockTimeout and
-        writes nothing; ``fn`` raising writes nothing.
+        A lease another holder has makes it wait for a release and try again,
+        up to ``lock_wait_timeout``.  Returns once ``change`` was written.
         """
-        lock_timeout = self.lock_timeout
-        budget = lease_ttl = None
-        if lock_timeout:
-            window = MAX_LOCK_WINDOW if lock_timeout >= 4 * MAX_LOCK_WINDOW else lock_timeout / 4
-            budget, lease_ttl = lock_timeout - window, lock_timeout + window  # safety_window
-        # What change() reads comes in as defaults and what it hands out goes
-        # into ``out`` (the new value, fn's own error): a closure would make a
-        # cell per name on every call, a seventh of an update() on kvs.memory.
-        # change runs at most once per update_value.
-        out: list[Any] = [None, None]
-
-        def change(stored: Any, store: KeyValueStore = self, key: str = key,
-                   fn: Callable[[Any], Any] = fn, default: Any = default,
-                   budget: float | None = budget, out: list[Any] = out) -> bytes:
-            started = time.monotonic()
-            if stored is not NO_VALUE:
-                current = store._serializer.unpack(stored)
-            elif default is _NO_DEFAULT:
-                raise exception.NotFound(key, store=store.name)
-            else:
-                current = default
-            try:
-                value = fn(current)
-            except BaseException as error:
-                out[1] = error  # fn's own error reaches the caller unchanged
-                raise
-            if budget is not None and time.monotonic() - started >= budget:
-                raise exception.LockTimeout(
-                    f"lock timeout occurred for key {key!r} in store {store.name!r} "
-                    f"(update's fn ran past lock_timeout={store.lock_timeout} s); nothing "
-                    f"was written", key=key, store=store.name)
-            out[0] = value
-            return store._serializer.pack(value)
-
-        try:
-            deadline = None
-            while True:
-                outcome = backend.update_value(mangled, change, ttl, lease_ttl)
-                if outcome is _WRITTEN:
-                    return out[0]
-                if outcome is _LEASE_LOST:
-                    raise exception.LeaseLost(
-                        f"lease on key {key!r} in store {self.name!r} was broken during "
-                        f"update(); nothing was written", key=key, store=self.name)
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.lock_wait_timeout
-                if now >= deadline:
-                    raise exception.LockAcquireTimeout(
-                        f"could not lock key {key!r} in store {self.name!r} within "
-                        f"{self.lock_wait_timeout} s", key=key, store=self.name)
-                backend.wait_for_release(mangled, deadline - now)
-        except Exception as exc:
-            if out[1] is exc:
-                raise
-            raise_translated(self, exc, "update", (key,))
+        deadline = None
+        while True:
+            if outcome is _LEASE_LOST:
+                raise exception.LeaseLost(
+                    f"lease on key {key!r} in store {self.name!r} was broken during "
+                    f"update(); nothing was written", key=key, store=self.name)
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.lock_wait_timeout
+            if now >= deadline:
+                raise exception.LockAcquireTimeout(
+                    f"could not lock key {key!r} in store {self.name!r} within "
+                    f"{self.lock_wait_timeout} s", key=key, store=self.name)
+            backend.wait_for_release(mangled, deadline - now)
+            outcome = backend.update_value(mangled, change, ttl, self._update_lease_ttl)
+            if outcome is _WRITTEN:
+                return
 
     def _update_in_two_round_trips(self, backend: LeaseBackend, lock: KeyValueStoreLock,
                                    fn: Callable[[Any], Any], default: Any,
