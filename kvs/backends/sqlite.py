@@ -291,6 +291,10 @@ def _expiry(now: float, ttl: float | None) -> float | None:
 
 _T = TypeVar("_T")
 
+# An enum member is looked up through its class on every access (about 70 ns):
+# the hot paths use these names instead.
+_WRITTEN, _LEASE_LOST = Fenced.WRITTEN, Fenced.LEASE_LOST
+
 _GET_LIVE = f"SELECT value FROM kvs_data WHERE key = ? AND {_LIVE_DATA}"
 _HOLDS = f"SELECT 1 FROM kvs_lease WHERE key = ? AND token = ? AND {_LIVE_LEASE}"
 _LEASED = f"SELECT 1 FROM kvs_lease WHERE key = ? AND {_LIVE_LEASE}"
@@ -487,6 +491,10 @@ class SQLiteBackend(LeaseBackend):
             # costs a tenth of a read.  Each read steps its row to the end, so
             # the statement is reset and holds no snapshot between calls.
             local.reader = local.connection.cursor()
+            # And one for the single write statements of _write_counting and
+            # _write_returning (every lease grant, release and locked write).
+            # Each steps its statement to the end, which commits it.
+            local.writer = local.connection.cursor()
             local.generation = _generation
         connection: sqlite3.Connection = local.connection
         return connection
@@ -566,7 +574,7 @@ class SQLiteBackend(LeaseBackend):
         if connection is not None and getattr(local, "generation", -1) == _generation:
             with self._errors:
                 connection.close()
-        local.connection = local.reader = None
+        local.connection = local.reader = local.writer = None
         local.generation = -1
 
     def translate_file_error(self, exc: Exception) -> exception.KVSError | None:
@@ -618,18 +626,24 @@ class SQLiteBackend(LeaseBackend):
         """
         if time.monotonic() >= self._next_purge:
             self._write(_nothing)
-        # Every lock release and locked write: _connection, the gate and the
-        # translation written out (see get_serialized).
+        # Every lock release and locked write: _connection, the gate (enter and
+        # exit too: a frame each) and the translation written out (see
+        # get_serialized), on this thread's writer cursor (a cursor per call
+        # costs as much as all this Python).
         local = self._local
         if getattr(local, "generation", -1) != _generation:
             self._connection()
-        _gate.enter()
+        ident = threading.get_ident()
+        gate = _gate
+        gate.busy.append(ident)
+        if gate._forking and ident != gate._forker:
+            gate._hold(ident)
         try:
-            return int(local.connection.execute(statement, args).rowcount)
+            return int(local.writer.execute(statement, args).rowcount)
         except Exception as exc:
             self._errors.raise_for(exc)
         finally:
-            _gate.exit()
+            gate.busy.remove(ident)
 
     def _write_returning(self, statement: str, args: tuple[Any, ...]) -> Any:
         """:meth:`_write_counting` for a statement with ``RETURNING``: its first row or None.
@@ -641,13 +655,18 @@ class SQLiteBackend(LeaseBackend):
         local = self._local  # as in _write_counting
         if getattr(local, "generation", -1) != _generation:
             self._connection()
-        _gate.enter()
+        ident = threading.get_ident()
+        gate = _gate
+        gate.busy.append(ident)
+        if gate._forking and ident != gate._forker:
+            gate._hold(ident)
         try:
-            return local.connection.execute(statement, args).fetchone()
+            # At most one row: fetchone() steps on to the end, which commits.
+            return local.writer.execute(statement, args).fetchone()
         except Exception as exc:
             self._errors.raise_for(exc)
         finally:
-            _gate.exit()
+            gate.busy.remove(ident)
 
     @staticmethod
     def _roll_back(connection: sqlite3.Connection, nested: bool) -> None:
@@ -736,7 +755,7 @@ class SQLiteBackend(LeaseBackend):
 
     def acquire_lease(self, key: str, token: str, ttl: float | None) -> int | None:
         now = _now()
-        row = self._write_returning(_GRANT, (token, _expiry(now, ttl), key, now))
+        row = self._write_returning(_GRANT, (token, None if ttl is None else now + ttl, key, now))
         if row is not None:  # the common case: a known key, free
             return int(row[0])
         # The first grant of a key, a retry, or a live lease: the full transaction.
@@ -753,10 +772,13 @@ class SQLiteBackend(LeaseBackend):
         return self._write(_persist, key, token)
 
     def fenced_set(self, key: str, value: bytes, token: str, ttl: float | None) -> Fenced:
-        self.check_size(key, value)
+        limit = self.max_value_size  # check_size and _expiry written out: every locked write
+        if limit is not None and len(value) > limit:
+            self.check_size(key, value)
         now = _now()
-        written = self._write_counting(_FENCED_UPSERT, (key, value, _expiry(now, ttl), token, now))
-        return Fenced.WRITTEN if written else Fenced.LEASE_LOST
+        written = self._write_counting(
+            _FENCED_UPSERT, (key, value, None if ttl is None else now + ttl, token, now))
+        return _WRITTEN if written else _LEASE_LOST
 
     def fenced_delete(self, key: str, token: str) -> Fenced:
         return self._write(_fenced_delete, key, token)
