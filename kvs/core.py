@@ -620,14 +620,16 @@ class KeyValueStore:
         """Store ``value``.  With ``lock=``, only if that lease is still ours."""
         try:  # the hot path: raise_translated instead of a @translated frame
             path = self._path or self._require_path()
+            if lock is None:
+                mangled = self._key_mangler(key)
+                ttl = self.default_ttl if ttl is None else self._ttl(ttl)
+                path.set(mangled, self._serializer.pack(value), ttl)
+                return
             if type(lock) is KeyValueStoreLock and key == lock.key:
                 mangled = lock.lease_key  # the key, checked and mangled by get_lock
             else:
                 mangled = self._key_mangler(key)
             ttl = self.default_ttl if ttl is None else self._ttl(ttl)
-            if lock is None:
-                path.set(mangled, self._serializer.pack(value), ttl)
-                return
             # Every locked write: _check_lock and lock.fenced() written out for a
             # lock of this store.
             if (type(lock) is KeyValueStoreLock and lock.enabled

@@ -418,23 +418,28 @@ class KeyValueStoreLock:
         except exception.KVSError:
             pass  # unreachable: the lease ends with its TTL
 
-    def release(self, *_exc_info: object) -> None:
+    def release(self, _exc_type: object = None, _exc: object = None,
+                _traceback: object = None) -> None:
         """Give the lease back.  Never releases a lease another holder now owns.
 
         Releasing a lease whose time ran out logs a warning and returns.  (It
-        is ``__exit__`` too, which passes the exception, if any: ignored.)
+        is ``__exit__`` too, which passes the exception, if any: ignored.  The
+        three arguments are named, not ``*args``: a tuple per release costs.)
         """
         state = self._state
-        if state is not _HELD and state is not _LOST:
+        if state is not _HELD:
+            if state is _LOST:
+                self._state = _RELEASED
             return
-        if not self.enabled or state is _LOST:
-            self._state = LockState.RELEASED
+        if not self.enabled:
+            self._state = _RELEASED
             return
-        assert self.token is not None
-        late = self._valid_until is not None and time.monotonic() >= self._valid_until
+        token: str = self.token  # type: ignore[assignment]  # set while HELD
+        valid_until = self._valid_until
+        late = valid_until is not None and time.monotonic() >= valid_until
         # Stays held if this raises, so release() can be retried: it is a
         # compare-and-delete, safe to repeat.
-        released = self._leases.release_lease(self.lease_key, self.token)
+        released = self._leases.release_lease(self.lease_key, token)
         self._state = _RELEASED
         if late:
             LOG.warning("lock on key %r in store %r released after its timeout (%s s)",
