@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from kvs import exception, serializers
@@ -116,3 +117,30 @@ def test_a_dogpile_region_applies_expiry_and_invalidate_to_kvs_values() -> None:
         time.sleep(0.01)
         store.set("k", 2)
         assert region.get("k") == 2  # written after it
+
+
+def test_unpack_many_equals_unpack_of_each() -> None:
+    codec = serializers.get_serializer("msgpack")
+    values = [{"a": 1}, "x" * 70_000, b"\x00" * 70_000, 2**70, [1, [2]], None, ""]
+    items = [codec.pack(value) for value in values]
+    foreign = b'{"ct": 1.5, "v": 2}|' + msgpack.packb("dogpile")  # a longer header
+    assert codec.unpack_many(items) == values
+    assert codec.unpack_many([*items, foreign]) == [*values, "dogpile"]
+    assert codec.unpack_many([bytearray(item) for item in items]) == values
+    assert codec.unpack_many([]) == []
+
+
+@pytest.mark.parametrize("damage", ["cut", "extra", "borrow", "no header", "bar in header"])
+def test_unpack_many_never_lets_values_share_bytes(damage: str) -> None:
+    codec = serializers.get_serializer("msgpack")
+    first, second = codec.pack([1, 2, 3]), codec.pack("abc")
+    items = {
+        "cut": [first[:-1], second],
+        "extra": [first + b"\x01", second],
+        # the byte cut from the first would complete it at the start of the second
+        "borrow": [first[:-1], b"\x03" + second],
+        "no header": [first, msgpack.packb("abc")],
+        "bar in header": [first, b"{" + b"|" * (first.index(b"|") - 2) + b"}|" + b"\xc1"],
+    }[damage]
+    with pytest.raises(exception.CorruptValue):
+        codec.unpack_many(items)
