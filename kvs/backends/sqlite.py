@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -325,6 +326,33 @@ _RELEASE = ("UPDATE kvs_lease SET token = NULL, expires = NULL "
 def _get_many(count: int) -> str:
     return (f"SELECT key, value FROM kvs_data WHERE key IN ({', '.join('?' * count)}) "
             f"AND {_LIVE_DATA}")
+
+
+# get_multi's read of keys listed as a JSON array: one row per key, in the
+# array's order (ORDER BY: SQL guarantees no order without it), the value or
+# NULL (values are NOT NULL) when the key is missing or expired.  One bound
+# text instead of a parameter per key, and no key column to read back and
+# match: about half of what the SELECT ... IN costs for 100 keys.
+_GET_LISTED = (
+    "SELECT d.value FROM json_each(?1) AS j LEFT JOIN kvs_data AS d "
+    "ON d.key = j.value AND (d.expires IS NULL OR d.expires > ?2) ORDER BY j.key")
+
+
+def _has_json_each() -> bool:
+    """json_each is built into SQLite since 3.38, a compile option before."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.execute("SELECT 1 FROM json_each('[]')")
+    except sqlite3.Error:
+        return False
+    finally:
+        connection.close()
+    return True
+
+
+#: Whether _GET_LISTED can run here (else get_multi uses SELECT ... IN).
+_JSON_EACH = _has_json_each()
+_first = operator.itemgetter(0)
 
 
 # The work of each write transaction, run by SQLiteBackend._write.
@@ -722,6 +750,25 @@ class SQLiteBackend(LeaseBackend):
         return NO_VALUE if row is None else row[0]  # a BLOB reads as bytes: no copy
 
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
+        if not keys:
+            return []
+        listed: str | None
+        try:
+            listed = '","'.join(keys)
+        except TypeError:  # a key that is not a str: bound as a parameter below
+            listed = None
+        # Keys that need no escaping in JSON are listed as they are (json.dumps
+        # costs a sixth of the read); the others, rare, take SELECT ... IN
+        # (JSON would also cut a key at a NUL character).
+        if (_JSON_EACH and listed is not None and listed.isprintable()
+                and listed.count('"') == 2 * len(keys) - 2 and "\\" not in listed):
+            self._connection()
+            with self._errors:  # one statement: one state of the file
+                values = list(map(_first, self._local.reader.execute(
+                    _GET_LISTED, (f'["{listed}"]', _now()))))
+            if not all(values) and None in values:  # all(): see KeyValueStore.get_multi
+                return [NO_VALUE if value is None else value for value in values]
+            return values  # type: ignore[no-any-return]  # BLOBs read as bytes: no copy
         unique = list(dict.fromkeys(keys))
         found: dict[str, bytes] = {}
         if len(unique) <= _CHUNK:  # one statement is one state of the file already

@@ -224,6 +224,38 @@ def test_get_multi_beyond_one_statement(backend: SQLiteBackend) -> None:
     assert backend.get_serialized_multi(keys) == [*mapping.values(), NO_VALUE]
 
 
+@pytest.mark.parametrize("json_each", [True, False], ids=["json_each", "select_in"])
+def test_get_multi_reads_agree(backend: SQLiteBackend, clock: FakeClock,
+                               monkeypatch: pytest.MonkeyPatch, json_each: bool) -> None:
+    # The two reads of get_multi (keys listed as JSON, or SELECT ... IN) give
+    # the same answers, whatever the keys: order, repeats, gaps, expiry.
+    monkeypatch.setattr(sqlite_module, "_JSON_EACH", json_each)
+    plain = [f"k{i}" for i in range(40)] + ["", "ünïcødé ☃", "a b", "{x}", "'", "[1]"]
+    awkward = ['q"uote', "back\\slash", "new\nline", "nul\x00", "\x7f", "\u2028"]
+    for index, key in enumerate(plain + awkward):
+        backend.plain_set(key, b"v%d" % index, 5.0 if key == "k3" else None)
+    expected = {key: b"v%d" % index for index, key in enumerate(plain + awkward)}
+    clock.advance(6.0)  # k3 expires
+    for keys in (plain, awkward, plain + awkward,
+                 ["k1", "gone", "k1", "k3", *reversed(plain)]):
+        assert backend.get_serialized_multi(keys) == [
+            NO_VALUE if key in ("k3", "gone") else expected[key] for key in keys]
+
+
+def test_get_multi_lists_plain_keys_as_json(backend: SQLiteBackend,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keys that need no escaping take the one-text read; a key JSON would have
+    # to escape (or would cut, at a NUL) takes SELECT ... IN.
+    backend.plain_set_multi({"a": b"1", 'q"': b"2"}, None)
+    calls: list[int] = []
+    real = sqlite_module._get_many
+    monkeypatch.setattr(sqlite_module, "_get_many", lambda n: calls.append(n) or real(n))
+    assert backend.get_serialized_multi(["a", "b", "a"]) == [b"1", NO_VALUE, b"1"]
+    assert calls == [] and sqlite_module._JSON_EACH
+    assert backend.get_serialized_multi(["a", 'q"']) == [b"1", b"2"]
+    assert calls == [2]
+
+
 def test_delete_multi_ignores_missing(backend: SQLiteBackend) -> None:
     backend.plain_set_multi({"a": b"1", "b": b"2", "c": b"3"}, None)
     backend.delete_multi(["a", "c", "zzz"])
