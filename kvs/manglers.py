@@ -63,10 +63,28 @@ def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
     and services read the same keys again and again, so short keys' results
     are remembered; a remembered key was checked when it was first seen.
     Manglers must therefore be pure functions of the key.
+
+    The function has an attribute ``mangle_all(keys)``: the list of its
+    results for ``keys``, with the same checks, in bulk (get_multi's).
     """
     head = f"{prefix}:" if prefix else ""
     if mangler is None:
-        return lambda key: head + check_key(key)
+        plain: KeyMangler = lambda key: head + check_key(key)  # noqa: E731
+
+        def plain_all(keys: list[str]) -> list[str]:
+            # A str that is all ASCII passes check_key as it is: then the
+            # prefix is added without a call per key.  Other keys take plain(),
+            # which refuses them as a single read would.
+            try:
+                ascii_only = "".join(keys).isascii()
+            except TypeError:  # not all str
+                ascii_only = False
+            if ascii_only:
+                return [head + key for key in keys] if head else list(keys)
+            return list(map(plain, keys))
+
+        plain.mangle_all = plain_all  # type: ignore[attr-defined]
+        return plain
     remembered: dict[str, str] = {}
 
     def mangle(key: str) -> str:
@@ -81,4 +99,17 @@ def prefixed(prefix: str, mangler: KeyMangler | None) -> KeyMangler:
             remembered[key] = mangled
         return mangled
 
+    def mangle_all(keys: list[str]) -> list[str]:
+        # Remembered keys looked up in C, without a call per key; when any is
+        # new (or not a str: only str keys are remembered, and join refuses
+        # others), mangle() does every key.  all(): no result is empty, and a
+        # truth test costs a tenth of comparing with None.
+        try:
+            "".join(keys)
+        except TypeError:
+            return list(map(mangle, keys))
+        found = list(map(remembered.get, keys))
+        return found if all(found) else list(map(mangle, keys))  # type: ignore[return-value]
+
+    mangle.mangle_all = mangle_all  # type: ignore[attr-defined]
     return mangle

@@ -220,6 +220,27 @@ def test_corrupt_bytes_raise_corrupt_value(store: kvs.KeyValueStore) -> None:
             store.update("k", lambda v: v)
 
 
+def test_get_multi_names_the_damaged_key(store: kvs.KeyValueStore) -> None:
+    store.set_multi({"good": 1, "bad": 2, "also": 3})
+    backend: Any = store.region.actual_backend
+    backend.plain_set(store.region.key_mangler("bad"), b"no separator", None)  # type: ignore[misc]
+    with pytest.raises(exception.CorruptValue) as info:
+        store.get_multi(["good", "bad", "also"])
+    assert info.value.context["key"] == "bad" and "'bad'" in str(info.value)
+    assert store.get_multi(["good", "also"]) == [1, 3]
+
+
+def test_awkward_keys_in_one_get_multi(store: kvs.KeyValueStore) -> None:
+    keys = ["with space", "new\nline", "tab\tand\x00nul\x7f", "ünïcødé ключ 鍵 🔑", "",
+            "{braces}", "a:b:c", "%s %d", 'q"uote', "back\\slash", "plain"]
+    store.set_multi({key: index for index, key in enumerate(keys)})
+    assert store.get_multi(keys) == list(range(len(keys)))
+    assert store.get_multi([*reversed(keys), "plain"]) == [*reversed(range(len(keys))), 10]
+    with pytest.raises(exception.NotFound) as info:
+        store.get_multi(["plain", "nope{", "%gone"])
+    assert info.value.keys == ["nope{", "%gone"]
+
+
 def test_key_prefix_isolates_stores(make_store: Any) -> None:
     one, two = make_store(), make_store()
     one.set("shared", "one")
