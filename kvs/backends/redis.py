@@ -938,15 +938,37 @@ return #KEYS
     def get_serialized_multi(self, keys: Sequence[str]) -> list[bytes | NoValue]:  # type: ignore[override]
         if not keys:
             return []
-        name = self.value_name
         near = self._near
         if near is not None:
             return self._near_get_multi(near, keys)
-        values = self._mget([name(key) for key in keys])
-        missing = [key for key, value in zip(keys, values) if value is None]
-        if missing:
-            self._refuse_old_layout(missing)
-        return [NO_VALUE if value is None else value for value in values]
+        values = self._mget(self._value_names(keys))
+        if not all(values) and None in values:  # all(): see KeyValueStore.get_multi
+            self._refuse_old_layout([key for key, value in zip(keys, values) if value is None])
+            return [NO_VALUE if value is None else value for value in values]
+        return values
+
+    def _value_names(self, keys: Sequence[str]) -> list[str]:
+        """value_name of every key; in C for the common case.
+
+        Keys that hash_tag() or value_name() would escape (and empty ones)
+        take the function; the others are ``{key}`` (hash tags) or the key
+        itself, made by one join and one split instead of a call per key (a
+        NUL cannot be in such a key, or the split would cut it).
+        """
+        name = self.value_name
+        try:
+            joined = "".join(keys)
+        except TypeError:  # not all str: the function says what is wrong
+            return [name(key) for key in keys]
+        if "\0" in joined or "%" in joined or "" in keys:
+            return [name(key) for key in keys]
+        if name is hash_tag:
+            if "{" in joined or "}" in joined:
+                return [name(key) for key in keys]
+            return ("{" + "}\0{".join(keys) + "}").split("\0")
+        if name is value_name and "{" not in joined:
+            return list(keys)
+        return [name(key) for key in keys]
 
     def _near_get_multi(self, near: NearCache, keys: Sequence[str]) -> list[bytes | NoValue]:
         value_name = self.value_name
@@ -1019,7 +1041,10 @@ return #KEYS
                 f"data), see doc/backends/redis.md", option="hash_tags", host=self.endpoint)
 
     def _mget(self, names: list[str]) -> list[Any]:
-        return self.reader.mget(names)  # type: ignore[no-any-return]
+        reader = self.reader  # connects on first use
+        if self._pinned:  # on kvs's own connections (see redis_connections)
+            return self._on_reader.run("MGET", *names)  # type: ignore[no-any-return]
+        return reader.mget(names)  # type: ignore[no-any-return]
 
     @translated
     def plain_set(self, key: str, value: bytes, ttl: float | None) -> None:
