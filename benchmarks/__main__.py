@@ -48,6 +48,8 @@ class Profile:
     name: str
     ops: Settings
     contention_seconds: float
+    #: The contention variants of a backend run in this many alternating rounds.
+    contention_rounds: int
     worker_counts: tuple[int, ...]
     worker_seconds: float
     worker_repeats: int
@@ -60,10 +62,11 @@ class Profile:
 VALUE_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)
 
 PROFILES = {
-    "quick": Profile("quick", Settings(rounds=7, round_seconds=0.015), 1.0, (1, 4, 16), 0.3, 2,
+    "quick": Profile("quick", Settings(rounds=7, round_seconds=0.015), 1.0, 1, (1, 4, 16), 0.3, 2,
                      VALUE_SIZES, Settings(rounds=3, round_seconds=0.015),
                      (1_000, 10_000, 100_000), Settings(rounds=3, round_seconds=0.015)),
-    "full": Profile("full", Settings(rounds=15, round_seconds=0.04), 3.0, (1, 2, 4, 8, 16), 0.6, 3,
+    "full": Profile("full", Settings(rounds=15, round_seconds=0.04), 3.0, 3, (1, 2, 4, 8, 16),
+                    0.6, 3,
                     VALUE_SIZES, Settings(rounds=5, round_seconds=0.04),
                     (1_000, 10_000, 100_000, 1_000_000), Settings(rounds=5, round_seconds=0.04)),
 }
@@ -232,7 +235,8 @@ def _steps(setups: dict[str, backends.BackendSetup], profile: Profile,
     if "size" in phases:
         total += sum(len(s.store_sizes(profile.store_sizes)) for s in available)
     if "contention" in phases:
-        total += sum(len(contention.variants_for(s, None)) for s in available)
+        total += profile.contention_rounds * sum(
+            len(contention.variants_for(s, None)) for s in available)
         total += 2 if any(s.name == "redis" for s in available) else 0
     return max(total, 1)
 
@@ -259,11 +263,17 @@ def run_contention(setups: dict[str, backends.BackendSetup], servers: ServerSet,
     for setup in setups.values():
         if not setup.available or setup.ops_only:
             continue
-        for variant in contention.variants_for(setup, redis_port):
-            progress.label(f"contention: {variant.backend} {variant.name}")
-            results.contention.append(
-                contention.run_variant(setup, variant, profile.contention_seconds))
-            progress.step()
+        # Alternating rounds (each variant in turn, then again): a machine that
+        # slows down meanwhile slows every variant, and the checks pair the rounds.
+        variants = contention.variants_for(setup, redis_port)
+        rounds: dict[str, list[contention.ContentionResult]] = {v.name: [] for v in variants}
+        seconds = profile.contention_seconds / profile.contention_rounds
+        for _ in range(profile.contention_rounds):
+            for variant in variants:
+                progress.label(f"contention: {variant.backend} {variant.name}")
+                rounds[variant.name].append(contention.run_variant(setup, variant, seconds))
+                progress.step()
+        results.contention += [contention.merge_rounds(rounds[v.name]) for v in variants]
 
 
 def run_workers(setups: dict[str, backends.BackendSetup], profile: Profile,

@@ -52,13 +52,59 @@ class ContentionResult:
     lost_updates: int | None = None
     overlaps: int | None = None
     error: str | None = None
+    #: updates/s of each round, when the variants ran in alternating rounds
+    #: (see :func:`merge_rounds`): the checks pair them round by round.
+    round_rates: list[float] = dataclasses.field(default_factory=list)
+    #: The hand-off gaps in µs (kept only until the rounds are merged).
+    gaps: list[float] = dataclasses.field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["gaps"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContentionResult:
         return cls(**data)
+
+
+def merge_rounds(rounds: list[ContentionResult]) -> ContentionResult:
+    """One variant's alternating rounds as one result: totals over all rounds,
+    percentiles over all gaps, and each round's rate in ``round_rates``."""
+    first = rounds[0]
+    failed = next((r for r in rounds if r.error), None)
+    if failed is not None:
+        return failed
+    merged = ContentionResult(backend=first.backend, variant=first.variant,
+                              workers=first.workers, mode=first.mode)
+    merged.updates = sum(r.updates for r in rounds)
+    merged.seconds = sum(r.seconds for r in rounds)
+    merged.updates_per_s = merged.updates / merged.seconds if merged.seconds > 0 else 0.0
+    merged.round_rates = [r.updates_per_s for r in rounds]
+    merged.handoffs = sum(r.handoffs for r in rounds)
+    gaps = [gap for r in rounds for gap in r.gaps]
+    if gaps:
+        merged.handoff_p50_us = percentile(gaps, 0.50)
+        merged.handoff_p99_us = percentile(gaps, 0.99)
+    counts = [(r.lost_updates, r.overlaps) for r in rounds]
+    merged.lost_updates = None if any(lost is None for lost, _ in counts) else sum(
+        lost for lost, _ in counts if lost is not None)
+    merged.overlaps = None if any(o is None for _, o in counts) else sum(
+        o for _, o in counts if o is not None)
+    return merged
+
+
+def paired_speedup(subject: ContentionResult, baseline: ContentionResult) -> float:
+    """subject's updates/s over baseline's: the median of the per-round ratios when
+    both ran in the same alternating rounds (so a machine that slows down between
+    rounds slows both), else the ratio of the totals."""
+    pairs = list(zip(subject.round_rates, baseline.round_rates))
+    if pairs and len(subject.round_rates) == len(baseline.round_rates) \
+            and all(rate > 0 for _, rate in pairs):
+        ratios = sorted(mine / theirs for mine, theirs in pairs)
+        middle = len(ratios) // 2
+        return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    return subject.updates_per_s / baseline.updates_per_s
 
 
 @dataclasses.dataclass
@@ -154,6 +200,7 @@ def run_variant(setup: BackendSetup, variant: Variant, duration: float,
     result.seconds = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
     result.updates_per_s = result.updates / result.seconds if result.seconds > 0 else 0.0
     gaps, result.overlaps = analyse(spans)
+    result.gaps = gaps
     result.handoffs = len(gaps)
     if gaps:
         result.handoff_p50_us = percentile(gaps, 0.50)

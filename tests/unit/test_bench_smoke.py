@@ -298,3 +298,28 @@ def test_a_redirected_run_prints_no_carriage_return(tmp_path: Path) -> None:
     assert lines[0].startswith("bench [0/") and lines[0].endswith("operations"), lines
     assert lines[-1].endswith("done"), lines
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["latest.json", "latest.md"]
+
+
+def test_contention_rounds_merge_into_totals_and_pair_round_by_round() -> None:
+    def round_of(variant: str, updates: int, gaps: list[float]) -> contention.ContentionResult:
+        return contention.ContentionResult("redis", variant, 8, "processes", updates=updates,
+                                           seconds=1.0, updates_per_s=float(updates),
+                                           handoffs=len(gaps), lost_updates=0, overlaps=0,
+                                           gaps=gaps)
+
+    # The machine slows down in the second round: both variants lose, the ratio holds.
+    kvs = contention.merge_rounds([round_of("kvs", 3000, [100.0] * 9),
+                                   round_of("kvs", 1500, [200.0] * 9),
+                                   round_of("kvs", 2800, [110.0] * 9)])
+    lock = contention.merge_rounds([round_of("lock", 1000, [1.0]),
+                                    round_of("lock", 1000, [1.0]),
+                                    round_of("lock", 1400, [1.0])])
+    assert kvs.updates == 7300 and kvs.seconds == 3.0 and kvs.handoffs == 27
+    assert kvs.round_rates == [3000.0, 1500.0, 2800.0]
+    assert kvs.handoff_p50_us == 110.0 and kvs.lost_updates == 0
+    assert contention.paired_speedup(kvs, lock) == pytest.approx(2.0)  # ratios 3, 1.5, 2
+    assert "gaps" not in kvs.to_json()
+    assert contention.ContentionResult.from_json(kvs.to_json()).round_rates == kvs.round_rates
+    # Without rounds to pair, the totals.
+    single = contention.ContentionResult("redis", "x", 8, "processes", updates_per_s=10.0)
+    assert contention.paired_speedup(single, lock) == pytest.approx(10.0 / lock.updates_per_s)
