@@ -1073,7 +1073,15 @@ return #KEYS
         name = self.value_name
         names = {name(key): value for key, value in mapping.items()}
         try:
-            if ttl is None:
+            if self._pinned and not self.wait_replicas:
+                if ttl is None:
+                    self.client  # noqa: B018  (builds it, and the connection cache)
+                    self._on_writer.run("MSET", *[part for item in names.items()
+                                                  for part in item])
+                else:
+                    self._eval("SET_MULTI_PX", list(names),
+                               [milliseconds(ttl), *names.values()])
+            elif ttl is None:
                 self._write(first, lambda client: client.mset(names))
             else:
                 script = self._script("SET_MULTI_PX")
