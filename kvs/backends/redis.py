@@ -1285,17 +1285,26 @@ return #KEYS
         Returns (fence, stored value) when this token now holds the lease (the
         value only with ``read_value``, else NO_VALUE), ``None`` when it does
         not yet (the caller calls again, which re-queues).  ``first``: the
-        first call of an acquire; if the last acquire of this key here had to
-        queue, it queues and blocks in one write (see _enqueue_and_block).
+        first call of an acquire.  If the last acquire of this key here had to
+        queue, it queues and blocks in one write (see _enqueue_and_block);
+        if not, it tries a plain ACQUIRE first and queues only if that fails.
         """
+        contended = self._contended
+        if first and key not in contended:
+            # Not contended when last locked here: most likely free, so the first
+            # try is the plain ACQUIRE (three keys fewer and no queue clean-up,
+            # a tenth of an uncontended update()); only a key found leased queues.
+            taken = self._acquire_first(key, token, ttl, read_value)
+            if taken is not None:
+                return taken
+            first = False
         limit = min(timeout, self._blocking_cap)
         # The entry outlives this wait by a margin, so a re-queue finds it.
         window_ms = milliseconds(self._blocking_cap + 0.5)
         keys = self._queue_keys(key, token)
         args = [token, self._lease_ms(ttl), window_ms, "1" if read_value else "0"]
         bounded = self.options["max_connections"] is not None
-        contended = self._contended
-        if first and key in contended and self._pinned and limit >= 0.001:
+        if first and self._pinned and limit >= 0.001:
             sent = self._enqueue_and_block(keys, args, round(limit, 3))
             if sent is not None:
                 reply, popped = sent
@@ -1326,6 +1335,15 @@ return #KEYS
         if popped is None:
             return None
         return self._grant_popped(key, token, popped[1], read_value)
+
+    def _acquire_first(self, key: str, token: str, ttl: float | None,
+                       read_value: bool) -> tuple[int, bytes | NoValue] | None:
+        """ACQUIRE (or ACQUIRE_AND_GET): the grant, or None when the key is leased."""
+        if read_value:
+            fence, value = self.acquire_lease_and_get(key, token, ttl)
+            return None if fence is None else (fence, value)
+        taken = self.acquire_lease(key, token, ttl)
+        return None if taken is None else (taken, NO_VALUE)
 
     def _enqueue_and_block(self, keys: list[str], args: list[Any],
                            block_s: float) -> tuple[Any, Any] | None:

@@ -297,3 +297,43 @@ def test_a_pipelined_wait_after_script_flush_loads_the_script(
     assert waiter_store.update("n", lambda value: value + 1) == 2
     assert time.monotonic() - started < 2
     assert waiter_store.lease_info("n") is None
+
+
+def _record_scripts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the lease scripts the Redis backends send, in order."""
+    names: list[str] = []
+    send = RedisBackend._eval
+
+    def recording(self: RedisBackend, name: str, keys: list[str], args: list[Any]) -> Any:
+        names.append(name)
+        return send(self, name, keys, args)
+
+    monkeypatch.setattr(RedisBackend, "_eval", recording)
+    return names
+
+
+def test_an_uncontended_update_takes_the_lease_without_queueing(
+        stores: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key that was free when last locked here is tried with the plain ACQUIRE_AND_GET
+    (no queue keys); only a key found leased queues, and from then on it queues first."""
+    holder_store, waiter_store = stores(), stores()
+    waiter_store.set("n", 1)
+    sent = _record_scripts(monkeypatch)
+    assert waiter_store.update("n", lambda value: value + 1) == 2
+    assert sent == ["ACQUIRE_AND_GET", "FENCED_SET_AND_RELEASE"]
+    with waiter_store.get_lock("n"):
+        pass
+    assert sent[2:] == ["ACQUIRE", "RELEASE"]
+
+    del sent[:]
+    holder = holder_store.get_lock("n").acquire()
+    seen: list[Any] = []
+    waiter = _start(lambda: seen.append(waiter_store.update("n", lambda value: value * 10)))
+    _wait_queued(redis_server, holder_store, "n", 1)
+    holder.release()
+    waiter.join(5)
+    assert seen == [20]
+    # found leased: one plain try, then it queued and was handed the lease
+    assert sent[:3] == ["ACQUIRE", "ACQUIRE_AND_GET", "ENQUEUE"]
+    assert sent[3:] == ["RELEASE", "FENCED_SET_AND_RELEASE"]
+    assert _queue_is_empty(holder_store, "n", redis_server)
