@@ -102,3 +102,23 @@ def test_a_forked_child_never_uses_its_parents_connections(
     assert store.get("child") == pid
     store.set("k", "after")
     assert store.get("k") == "after"
+
+
+def test_commands_are_packed_as_redis_py_packs_them(store: kvs.KeyValueStore,
+                                                    redis_server: RedisServer) -> None:
+    """hiredis packs str, bytes, int and float; anything else goes to redis-py's packer,
+    which converts it (a memoryview) or refuses it with its own DataError (a bool)."""
+    import redis.exceptions
+
+    store.set("k", 1)  # connects
+    cache = _backend(store)._on_writer
+    assert cache is not None
+    name = f"conn-pack-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    for sent, stored in (("é", "é".encode()), (b"\x00\xff", b"\x00\xff"), (12, b"12"),
+                         (0.1, b"0.1"), (memoryview(b"mv"), b"mv")):
+        assert cache.run("SET", name, sent) == b"OK"
+        assert client.get(name) == stored
+    with pytest.raises(redis.exceptions.DataError):
+        cache.run("SET", name, True)
+    assert cache.run("GET", name) == b"mv"  # the connection is still in step
