@@ -18,7 +18,11 @@ does: the round trip and the codec, without any client code.  On memory
 (update, locked_write) the ``floor`` runs kvs.memory's critical sections on
 the store's own lock and dicts, with the same clock reads, a token, and kvs's
 codec (the metadata header included), written out in one function: what no
-Python above kvs.memory can get under without giving up a guarantee.
+Python above kvs.memory can get under without giving up a guarantee.  On
+memory (locked_write) a fifth layer, ``api``, keeps the public call shape
+(a store object's get_lock, get and set(lock=), a lock object used with
+``with``) over kvs.memory's own four calls and the codec, with only the
+guarantees' checks: what kvs's store and lock layers could cost at best.
 
 ``kvs - backend`` is the cost of the store layer (key checks, mangling,
 encoding, the metadata header, error naming); ``backend - raw`` that of the
@@ -47,7 +51,7 @@ from benchmarks.servers import ServerSet
 from benchmarks.suites import make_value
 from benchmarks.timing import Operation, Settings, measure, paired_ratio
 from kvs import serializers
-from kvs.backends.base import LeaseBackend
+from kvs.backends.base import Fenced, LeaseBackend
 from kvs.lock import new_token
 
 OPERATIONS = ("get", "set", "get_multi", "set_multi", "update", "locked_write")
@@ -129,7 +133,77 @@ def layers(setup: backends.BackendSetup, operation: str) -> tuple[dict[str, Oper
         variants["floor"] = _memcached_floor(backend, operation, raw_keys, value)
     if setup.name == "memory" and operation in ("locked_write", "update"):
         variants["floor"] = _memory_floor(store, operation, mangled_counter)
+    if setup.name == "memory" and operation == "locked_write":
+        variants["api"] = _memory_api_floor(store, mangled_counter)
     return variants, variants["kvs"]
+
+
+def _memory_api_floor(store: Any, key: str) -> Operation:
+    """The locked write's public shape over kvs.memory's own calls, and nothing else.
+
+    ``get_lock`` making a lock object, ``with`` taking and giving back its
+    lease, ``get`` and ``set(lock=)`` as methods of a store object; inside,
+    only kvs.memory's acquire_lease, get_serialized, fenced_set and
+    release_lease, kvs's codec, a token, and the checks the guarantees need
+    (the key's type, the holder's view of its lease before the write and at
+    release).  No mangling, no error naming, no proxies, no overrides: what
+    kvs's store and lock layers could at best cost on top of the backend.
+    """
+    import time
+
+    from kvs.lock import safety_window
+
+    backend = store.region.actual_backend
+    codec = serializers.get_serializer(serializers.DEFAULT_SERIALIZER)
+    written = Fenced.WRITTEN
+    timeout = store.lock_timeout
+    window = safety_window(timeout)
+
+    class Lock:
+        __slots__ = ("held", "key", "token", "valid_until")
+
+        def __init__(self, key: str) -> None:
+            self.key, self.token, self.held, self.valid_until = key, "", False, 0.0
+
+        def __enter__(self) -> Lock:
+            self.token = token = new_token()
+            started = time.monotonic()
+            if backend.acquire_lease(self.key, token, timeout + window) is None:
+                raise RuntimeError("the counter is leased")
+            self.held, self.valid_until = True, started + timeout - window
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            late = time.monotonic() >= self.valid_until
+            released = backend.release_lease(self.key, self.token)
+            self.held = False
+            if late or not released:
+                raise RuntimeError("released late")
+
+    class Store:
+        def get_lock(self, key: str) -> Lock:
+            if type(key) is not str:
+                raise TypeError(key)
+            return Lock(key)
+
+        def get(self, key: str) -> Any:
+            if type(key) is not str:
+                raise TypeError(key)
+            return codec.unpack(backend.get_serialized(key))
+
+        def set(self, key: str, value: Any, lock: Lock) -> None:
+            if key != lock.key or not lock.held or time.monotonic() >= lock.valid_until:
+                raise RuntimeError("lock not held")
+            if backend.fenced_set(key, codec.pack(value), lock.token, None) is not written:
+                raise RuntimeError("lease lost")
+
+    bare = Store()
+
+    def locked_write(index: int) -> None:
+        with bare.get_lock(key) as lock:
+            bare.set(key, bare.get(key) + 1, lock=lock)
+
+    return locked_write
 
 
 def _memory_floor(store: Any, operation: str, key: str) -> Operation:
@@ -364,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"   raw {raw.median_us:9.1f}   "
                   + (f"floor {floor.median_us:9.1f}   " if floor else "")
                   + f"backend {backend.median_us:9.1f}   kvs {kvs.median_us:9.1f}")
+            api = stats.get("api")
+            if api:
+                print(f"   api/raw {paired_ratio(api, raw):.3f}x (the public call shape over "
+                      f"kvs.memory, {api.median_us:.1f} µs)   kvs/api "
+                      f"{paired_ratio(kvs, api):.3f}x")
             if floor:
                 alone = {"sqlite": "kvs.sqlite's SQL alone",
                          "memory": "kvs.memory's critical sections and codec alone"
