@@ -323,3 +323,13 @@ def test_contention_rounds_merge_into_totals_and_pair_round_by_round() -> None:
     # Without rounds to pair, the totals.
     single = contention.ContentionResult("redis", "x", 8, "processes", updates_per_s=10.0)
     assert contention.paired_speedup(single, lock) == pytest.approx(10.0 / lock.updates_per_s)
+
+
+def test_profile_ops_splits_the_memory_locked_write_into_its_layers() -> None:
+    """profile_ops on kvs.memory (no server): every layer runs and is reported."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_ops", "--backend", "memory",
+         "--op", "locked_write", "--rounds", "1", "--calls", "20", "--top", "3"],
+        capture_output=True, text=True, timeout=120, check=True)
+    for layer in ("raw", "floor", "backend", "kvs", "api/raw", "floor/raw", "kvs/raw"):
+        assert layer in done.stdout
