@@ -63,6 +63,12 @@ class ConnectionCache:
         self._free: list[tuple[Any, float]] = []
         self._generation = _generation[0]
         self._broken = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        # hiredis encodes text as strict UTF-8, redis-py as the client says.
+        settings = getattr(client.connection_pool, "connection_kwargs", {})
+        encoding = str(settings.get("encoding", "utf-8")).lower().replace("_", "-")
+        utf8 = encoding in ("utf-8", "utf8") and settings.get("encoding_errors",
+                                                              "strict") == "strict"
+        self._hiredis_pack = _hiredis_pack if utf8 else None
 
     def _take(self) -> Any:
         if self._generation != _generation[0]:
@@ -94,7 +100,7 @@ class ConnectionCache:
         """Send one command and read its raw reply (no response callback)."""
         connection = self._take()
         try:
-            connection.send_packed_command(_pack(connection, command))
+            connection.send_packed_command(_pack(self._hiredis_pack, connection, command))
             reply = connection.read_response()
         except BaseException as exc:
             if _is_error_reply(exc):
@@ -114,8 +120,9 @@ class ConnectionCache:
         """
         connection = self._take()
         try:
+            fast = self._hiredis_pack
             connection.send_packed_command([part for command in commands
-                                             for part in _pack(connection, command)])
+                                            for part in _pack(fast, connection, command)])
             replies = [connection.read_response() for _ in commands]
         except BaseException:
             self._give_back(connection)
@@ -132,18 +139,20 @@ class ConnectionCache:
             self._client.connection_pool.release(connection)
 
 
-def _pack(connection: Any, command: tuple[Any, ...]) -> Any:
+def _pack(fast: Callable[[tuple[Any, ...]], bytes] | None, connection: Any,
+          command: tuple[Any, ...]) -> Any:
     """``command`` in the wire format.
 
-    hiredis packs kvs's arguments (str, bytes, int, float) as redis-py's own
-    packer does (UTF-8, ``repr`` of numbers), in a sixth of its time: redis-py
-    first runs its encoder over every argument, 15 of them for a lease script.
-    Anything else (a memoryview, a bool) goes to redis-py's packer, which
-    converts it or raises its own DataError.
+    hiredis (``fast``, when the client's encoding is strict UTF-8) packs kvs's
+    arguments (str, bytes, int, float) as redis-py's own packer does (UTF-8,
+    ``repr`` of numbers), in a sixth of its time: redis-py first runs its
+    encoder over every argument, 15 of them for a lease script.  Anything
+    else (a memoryview, a bool) goes to redis-py's packer, which converts it
+    or raises its own DataError.
     """
-    if _hiredis_pack is not None:
+    if fast is not None:
         try:
-            return [_hiredis_pack(command)]  # a list: send_packed_command iterates it
+            return [fast(command)]  # a list: send_packed_command iterates it
         except TypeError:
             pass
     return connection.pack_command(*command)

@@ -122,3 +122,21 @@ def test_commands_are_packed_as_redis_py_packs_them(store: kvs.KeyValueStore,
     with pytest.raises(redis.exceptions.DataError):
         cache.run("SET", name, True)
     assert cache.run("GET", name) == b"mv"  # the connection is still in step
+
+
+def test_a_client_with_another_encoding_packs_with_redis_py(redis_server: RedisServer) -> None:
+    """hiredis encodes text as UTF-8 only: a client set to another encoding keeps
+    redis-py's packer, so text is sent as that client would send it."""
+    import redis
+
+    from kvs.backends.redis_connections import ConnectionCache
+
+    host, port = redis_server.address.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port), encoding="latin-1")
+    cache = ConnectionCache(client)
+    name = f"conn-latin-{uuid.uuid4().hex[:8]}"
+    try:
+        assert cache.run("SET", name, "é") == b"OK"
+        assert redis_server.client().get(name) == b"\xe9"
+    finally:
+        client.close()
