@@ -353,8 +353,10 @@ end
     #: (see wait_for_grant): a lease taken at once then also leaves one
     #: element there, so that BLPOP returns at once.
     #: Returns {fence, value or nil} when taken, else {0, lease PTTL}.
-    #: The lock calls this (not ACQUIRE) first, so a contended acquire costs
-    #: one round trip to queue, not a failed ACQUIRE and then a queue call.
+    #: The lock calls this first for a key whose last acquire here had to
+    #: queue (sent with the BLPOP, see _enqueue_and_block), so a contended
+    #: acquire costs no failed ACQUIRE; other keys try ACQUIRE first, and come
+    #: here (a round trip more, once) only when that finds the key leased.
     ENQUEUE = GRANT + """
 local holder = redis.call('GET', KEYS[1])
 if not holder or holder == ARGV[1] then

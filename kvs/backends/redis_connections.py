@@ -121,8 +121,11 @@ class ConnectionCache:
         connection = self._take()
         try:
             fast = self._hiredis_pack
-            connection.send_packed_command([part for command in commands
-                                            for part in _pack(fast, connection, command)])
+            # One buffer: send_packed_command makes a sendall per item, and the
+            # point of sending these together is one write (one segment, one
+            # read on the server).
+            connection.send_packed_command([b"".join(
+                part for command in commands for part in _pack(fast, connection, command))])
             replies = [connection.read_response() for _ in commands]
         except BaseException:
             self._give_back(connection)
@@ -146,11 +149,12 @@ def _pack(fast: Callable[[tuple[Any, ...]], bytes] | None, connection: Any,
     hiredis (``fast``, when the client's encoding is strict UTF-8) packs kvs's
     arguments (str, bytes, int, float) as redis-py's own packer does (UTF-8,
     ``repr`` of numbers), in a sixth of its time: redis-py first runs its
-    encoder over every argument, 15 of them for a lease script.  Anything
-    else (a memoryview, a bool) goes to redis-py's packer, which converts it
-    or raises its own DataError.
+    encoder over every argument, 15 of them for a lease script.  A memoryview
+    goes to redis-py's packer, as redis-py itself does (hiredis would send a
+    strided view's underlying bytes); anything hiredis refuses (a bool, a
+    bytearray) too, which converts it or raises its own DataError.
     """
-    if fast is not None:
+    if fast is not None and memoryview not in map(type, command):
         try:
             return [fast(command)]  # a list: send_packed_command iterates it
         except TypeError:

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_a_forked_child_never_uses_its_parents_connections(
 def test_commands_are_packed_as_redis_py_packs_them(store: kvs.KeyValueStore,
                                                     redis_server: RedisServer) -> None:
     """hiredis packs str, bytes, int and float; anything else goes to redis-py's packer,
-    which converts it (a memoryview) or refuses it with its own DataError (a bool)."""
+    which sends it (a memoryview) or refuses it (a bool: DataError)."""
     import redis.exceptions
 
     store.set("k", 1)  # connects
@@ -122,6 +123,11 @@ def test_commands_are_packed_as_redis_py_packs_them(store: kvs.KeyValueStore,
     with pytest.raises(redis.exceptions.DataError):
         cache.run("SET", name, True)
     assert cache.run("GET", name) == b"mv"  # the connection is still in step
+    # A strided view is refused as redis-py refuses it, never sent as its
+    # underlying bytes (hiredis alone would send b"abc").
+    with pytest.raises(BufferError):
+        cache.run("SET", name, memoryview(b"abcdef")[::2])
+    assert client.get(name) == b"mv"
 
 
 def test_a_client_with_another_encoding_packs_with_redis_py(redis_server: RedisServer) -> None:
@@ -140,3 +146,24 @@ def test_a_client_with_another_encoding_packs_with_redis_py(redis_server: RedisS
         assert redis_server.client().get(name) == b"\xe9"
     finally:
         client.close()
+
+
+def test_commands_sent_together_go_in_one_write(store: kvs.KeyValueStore,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_many hands redis-py one buffer: send_packed_command makes a sendall per item."""
+    store.set("k", 1)  # connects
+    cache = _backend(store)._on_writer
+    assert cache is not None
+    connection = cache._take()
+    cache._put(connection)
+    sent: list[int] = []
+    send = type(connection).send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(len(command))
+        send(self, command, check_health)
+
+    monkeypatch.setattr(type(connection), "send_packed_command", counting)
+    name = f"conn-many-{uuid.uuid4().hex[:8]}"
+    assert cache.run_many(("SET", name, "1"), ("GET", name)) == [b"OK", b"1"]
+    assert sent == [1]
