@@ -21,8 +21,8 @@ codec (the metadata header included), written out in one function: what no
 Python above kvs.memory can get under without giving up a guarantee.  On
 memory (locked_write) a fifth layer, ``api``, keeps the public call shape
 (a store object's get_lock, get and set(lock=), a lock object used with
-``with``) over kvs.memory's own four calls and the codec, with only the
-guarantees' checks: what kvs's store and lock layers could cost at best.
+``with``) over kvs.memory's own four calls and the codec, with only the checks kvs
+makes on that path: what kvs's store and lock layers could cost at best.
 
 ``kvs - backend`` is the cost of the store layer (key checks, mangling,
 encoding, the metadata header, error naming); ``backend - raw`` that of the
@@ -144,57 +144,74 @@ def _memory_api_floor(store: Any, key: str) -> Operation:
     ``get_lock`` making a lock object, ``with`` taking and giving back its
     lease, ``get`` and ``set(lock=)`` as methods of a store object; inside,
     only kvs.memory's acquire_lease, get_serialized, fenced_set and
-    release_lease, kvs's codec, a token, and the checks the guarantees need
-    (the key's type, the holder's view of its lease before the write and at
-    release).  No mangling, no error naming, no proxies, no overrides: what
-    kvs's store and lock layers could at best cost on top of the backend.
+    release_lease, kvs's codec, a token, and the checks kvs makes on this
+    path: the key (kvs's check_key), a lock that is not already held, the
+    lock belonging to this store, the holder's view of its lease before the
+    write and at release, a missing value (NotFound), a refused write making
+    the lock lost, a second release doing nothing.  No mangling, no error
+    naming, no proxies, no per-lock overrides: what kvs's store and lock
+    layers could at best cost on top of the backend.
     """
     import time
 
+    from dogpile.cache.api import NO_VALUE
+
+    from kvs import exception
     from kvs.lock import safety_window
+    from kvs.manglers import check_key
 
     backend = store.region.actual_backend
     codec = serializers.get_serializer(serializers.DEFAULT_SERIALIZER)
     written = Fenced.WRITTEN
     timeout = store.lock_timeout
     window = safety_window(timeout)
+    idle, held, lost, released = 0, 1, 2, 3
 
     class Lock:
-        __slots__ = ("held", "key", "token", "valid_until")
+        __slots__ = ("key", "leases", "state", "token", "valid_until")
 
         def __init__(self, key: str) -> None:
-            self.key, self.token, self.held, self.valid_until = key, "", False, 0.0
+            self.key, self.leases, self.token = key, backend, ""
+            self.state, self.valid_until = idle, 0.0
 
         def __enter__(self) -> Lock:
+            if self.state == held or self.state == lost:
+                raise RuntimeError("already acquired")
             self.token = token = new_token()
             started = time.monotonic()
             if backend.acquire_lease(self.key, token, timeout + window) is None:
                 raise RuntimeError("the counter is leased")
-            self.held, self.valid_until = True, started + timeout - window
+            self.state, self.valid_until = held, started + timeout - window
             return self
 
-        def __exit__(self, *exc: object) -> None:
+        def __exit__(self, _type: object, _exc: object, _tb: object) -> None:
+            if self.state != held:
+                if self.state == lost:
+                    self.state = released
+                return
             late = time.monotonic() >= self.valid_until
-            released = backend.release_lease(self.key, self.token)
-            self.held = False
-            if late or not released:
+            released_now = backend.release_lease(self.key, self.token)
+            self.state = released
+            if late or not released_now:
                 raise RuntimeError("released late")
 
     class Store:
         def get_lock(self, key: str) -> Lock:
-            if type(key) is not str:
-                raise TypeError(key)
-            return Lock(key)
+            return Lock(check_key(key))
 
         def get(self, key: str) -> Any:
-            if type(key) is not str:
-                raise TypeError(key)
-            return codec.unpack(backend.get_serialized(key))
+            stored = backend.get_serialized(check_key(key))
+            if stored is NO_VALUE:
+                raise exception.NotFound(key)
+            return codec.unpack(stored)
 
         def set(self, key: str, value: Any, lock: Lock) -> None:
-            if key != lock.key or not lock.held or time.monotonic() >= lock.valid_until:
+            if lock.leases is not backend:
+                raise RuntimeError("a lock of another store")
+            if key != lock.key or lock.state != held or time.monotonic() >= lock.valid_until:
                 raise RuntimeError("lock not held")
             if backend.fenced_set(key, codec.pack(value), lock.token, None) is not written:
+                lock.state = lost
                 raise RuntimeError("lease lost")
 
     bare = Store()
