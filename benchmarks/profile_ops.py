@@ -21,8 +21,9 @@ codec (the metadata header included), written out in one function: what no
 Python above kvs.memory can get under without giving up a guarantee.  On
 memory (locked_write) a fifth layer, ``api``, keeps the public call shape
 (a store object's get_lock, get and set(lock=), a lock object used with
-``with``) over kvs.memory's own four calls and the codec, with only the checks kvs
-makes on that path: what kvs's store and lock layers could cost at best.
+``with``) over kvs.memory's own four calls and the codec, with only the
+checks kvs makes on that path: what kvs's store and lock layers could cost
+at best.
 
 ``kvs - backend`` is the cost of the store layer (key checks, mangling,
 encoding, the metadata header, error naming); ``backend - raw`` that of the
