@@ -9,9 +9,10 @@ from kvs import exception
 from tests.functional.fault_support import new_store
 
 
-def increment_until(config: dict[str, Any], key_prefix: str, until: float, results: Any) -> None:
-    """Increment ``n`` until wall-clock ``until``, alternating ``update()`` and a locked
-    write, and report what happened to each attempt.
+def increment_until(config: dict[str, Any], key_prefix: str, until: float, results: Any,
+                    stop: Any = None) -> None:
+    """Increment ``n`` until wall-clock ``until`` (or until ``stop``, an Event, is set),
+    alternating ``update()`` and a locked write, and report what happened to each attempt.
 
     ``returned``: the call returned, so its +1 landed.  ``unknown``: it raised
     BackendUnavailable, so its +1 may or may not have landed.  ``refused``: a
@@ -23,7 +24,7 @@ def increment_until(config: dict[str, Any], key_prefix: str, until: float, resul
     report: dict[str, Any] = {"returned": 0, "unknown": 0, "refused": 0, "fences": [],
                               "slowest": 0.0, "foreign": [], "returns_at": []}
     turn = 0
-    while time.time() < until:
+    while time.time() < until and not (stop is not None and stop.is_set()):
         began = time.monotonic()
         try:
             if turn % 2 == 0:

@@ -44,24 +44,32 @@ def test_leader_killed_and_restarted_under_four_updating_processes(
     prefix = _prefix()
     context = spawn_context()
     results = context.Queue()
-    start = time.time()
-    until = start + 6.0
+    stop = context.Event()
     workers = [context.Process(target=etcd_workers.increment_until,
-                               args=(config, prefix, until, results)) for _ in range(4)]
+                               args=(config, prefix, time.time() + 120, results, stop))
+               for _ in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(2.0)
+    # Kill the leader once the workers are updating (spawning four interpreters
+    # can take seconds on a loaded machine), not after a fixed sleep.
+    watcher = new_store(config, prefix)
+    deadline = time.monotonic() + 60
+    while _counter(watcher) < 40:
+        assert time.monotonic() < deadline, "the workers never got going"
+        time.sleep(0.05)
     leader = cluster.leader()
     killed_at = time.time()
     leader.kill()
     time.sleep(1.5)
     leader.start()
+    time.sleep(2.5)
+    stop.set()
     reports = [results.get(timeout=60) for _ in workers]
     for worker in workers:
         worker.join(30)
         assert worker.exitcode == 0
     cluster.wait_healthy()
-    final = new_store(config, prefix).get("n")
+    final = _counter(new_store(config, prefix))
     returned = sum(report["returned"] for report in reports)
     unknown = sum(report["unknown"] for report in reports)
     for report in reports:
@@ -80,6 +88,14 @@ def test_leader_killed_and_restarted_under_four_updating_processes(
           f"returned {returned}, unknown {unknown}, final {final} "
           f"(lost {max(0, returned - final)}, duplicated {max(0, final - returned - unknown)})")
     assert recovery < 2.0, recovery
+
+
+def _counter(store: Any) -> int:
+    """The workers' counter; 0 while no increment has landed."""
+    try:
+        return int(store.get("n"))
+    except exception.NotFound:
+        return 0
 
 
 def test_majority_lost_calls_fail_within_the_timeout_and_nothing_lands(
